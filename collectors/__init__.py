@@ -1,0 +1,1 @@
+"""What is happening: sources -> samples -> store -> diagnosis. Never imports Textual."""
