@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import sys
 from typing import Any
@@ -73,6 +74,11 @@ def serve(app: Any, sock: socket.socket, name: str, timeout_keep_alive: int = 5)
             print(f"{name} {LISTENING_PREFIX}{url_of(sock)}", flush=True)
         await serving
 
+    # uvicorn drains in-flight requests on SIGTERM, restores the handler it
+    # found and raises the signal again. With the default handler that kills
+    # the process after a clean drain, so a supervisor would see "killed by
+    # SIGTERM". A no-op handler here lets the drain end in exit status 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     with contextlib.suppress(KeyboardInterrupt):
         if _uvloop_available():
             import uvloop

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +22,9 @@ def require_program(name: str, package: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    """Real exposition and log formats (see fixtures/README.md)."""
+    return Path(__file__).resolve().parent / "fixtures"
