@@ -1,0 +1,237 @@
+"""The machine under the queues: CPU, memory, disks, network, accept queues, processes.
+
+CPU percentages come from cpu_times deltas between this collector's own
+readings, not from psutil.cpu_percent(), whose module-wide "last call" is
+shared with anything else in the process that calls it. The first reading
+only primes the deltas, so CPU and rates appear from the second tick on.
+
+The work is blocking /proc reads, done in a thread so the sampling loop
+keeps its rhythm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from collectors import listen_queues
+from collectors.model import OK, CollectResult, Labels, Sample, error
+from collectors.rates import RateTracker
+
+# Re-resolve watched process names this often: a restarted server gets a new pid.
+NAME_RESCAN_S = 10.0
+
+
+def _cpu_busy(times: Any) -> tuple[float, float, float]:
+    """(busy, total, iowait) seconds; guest time is already inside user time on Linux."""
+    total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    iowait = getattr(times, "iowait", 0.0)
+    idle = times.idle + iowait
+    return total - idle, total, iowait
+
+
+def cpu_percent(previous: Any, current: Any) -> tuple[float, float] | None:
+    """(busy %, iowait %) between two cpu_times readings; None if no time passed."""
+    busy0, total0, iowait0 = _cpu_busy(previous)
+    busy1, total1, iowait1 = _cpu_busy(current)
+    elapsed = total1 - total0
+    if elapsed <= 0:
+        return None
+    busy = min(100.0, max(0.0, 100.0 * (busy1 - busy0) / elapsed))
+    return busy, min(100.0, max(0.0, 100.0 * (iowait1 - iowait0) / elapsed))
+
+
+def read_listen_counters(root: Path = Path("/proc")) -> dict[str, int]:
+    """TcpExt ListenOverflows and ListenDrops from /proc/net/netstat."""
+    lines = (root / "net" / "netstat").read_text().splitlines()
+    for header, values in zip(lines[::2], lines[1::2], strict=False):
+        if header.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            table = dict(zip(header.split()[1:], values.split()[1:], strict=False))
+            return {
+                name: int(table[name])
+                for name in ("ListenOverflows", "ListenDrops")
+                if name in table
+            }
+    return {}
+
+
+@dataclass(slots=True)
+class _Watched:
+    label: str
+    process: psutil.Process
+    cpu_seconds: float | None = None
+    seen_at: float = 0.0
+
+
+class HostCollector:
+    def __init__(
+        self,
+        *,
+        processes: Sequence[str | int] = (),
+        listen_ports: Sequence[int] | None = None,
+        proc_root: Path = Path("/proc"),
+        name: str = "host",
+    ) -> None:
+        self.name = name
+        self._wanted = list(processes)
+        self._ports = None if listen_ports is None else set(listen_ports)
+        self._proc = proc_root
+        self._rates = RateTracker()
+        self._cpu_total: Any = None
+        self._cpu_cores: list[Any] = []
+        self._watched: dict[int, _Watched] = {}
+        self._names_resolved_at = float("-inf")
+        self._missing: list[str] = []
+        self._netlink_ok = True
+
+    async def collect(self, now: float) -> CollectResult:
+        started = time.perf_counter()
+        samples, problems = await asyncio.to_thread(self._collect, now)
+        status = OK if not problems else error("; ".join(problems))
+        return CollectResult(samples, [], status, time.perf_counter() - started)
+
+    def _collect(self, now: float) -> tuple[list[Sample], list[str]]:
+        samples: list[Sample] = []
+        problems: list[str] = []
+
+        def add(series: str, value: float, labels: Labels = ()) -> None:
+            samples.append(Sample(series, labels, now, float(value)))
+
+        def rate(series: str, value: float, labels: Labels = ()) -> None:
+            per_second = self._rates.update((series, labels), value, now)
+            if per_second is not None:
+                add(series, per_second, labels)
+
+        self._cpu(add)
+        load1, _, _ = os.getloadavg()
+        add("host_load1", load1)
+        add("host_memory_percent", psutil.virtual_memory().percent)
+        add("host_swap_percent", psutil.swap_memory().percent)
+        disks = psutil.disk_io_counters()
+        if disks is not None:
+            rate("host_disk_read_bytes_rate", disks.read_bytes)
+            rate("host_disk_write_bytes_rate", disks.write_bytes)
+        net = psutil.net_io_counters()
+        if net is not None:
+            rate("host_net_recv_bytes_rate", net.bytes_recv)
+            rate("host_net_sent_bytes_rate", net.bytes_sent)
+            rate("host_net_drops_rate", net.dropin + net.dropout)
+            rate("host_net_errors_rate", net.errin + net.errout)
+        try:
+            counters = read_listen_counters(self._proc)
+        except OSError as problem:
+            problems.append(f"cannot read /proc/net/netstat: {problem.strerror}")
+            counters = {}
+        for field, series in (
+            ("ListenOverflows", "host_listen_overflows_total"),
+            ("ListenDrops", "host_listen_drops_total"),
+        ):
+            if field in counters:
+                add(series, counters[field])
+                rate(series.removesuffix("_total") + "_rate", counters[field])
+        self._listen_queues(add)
+        self._processes(now, add, problems)
+        return samples, problems
+
+    def _cpu(self, add: Any) -> None:
+        total = psutil.cpu_times()
+        cores = psutil.cpu_times(percpu=True)
+        if self._cpu_total is not None:
+            overall = cpu_percent(self._cpu_total, total)
+            if overall is not None:
+                add("host_cpu_percent", overall[0])
+                add("host_cpu_iowait_percent", overall[1])
+            for index, (before, after) in enumerate(zip(self._cpu_cores, cores, strict=False)):
+                core = cpu_percent(before, after)
+                if core is not None:
+                    add("host_cpu_core_percent", core[0], (("core", str(index)),))
+        self._cpu_total, self._cpu_cores = total, cores
+
+    def _listen_queues(self, add: Any) -> None:
+        queues: list[listen_queues.ListenQueue] = []
+        if self._netlink_ok:
+            try:
+                queues = listen_queues.from_netlink()
+            except OSError:
+                # Some sandboxes refuse sock_diag; depths alone are still worth having.
+                self._netlink_ok = False
+        if not self._netlink_ok:
+            queues = listen_queues.from_proc(self._proc)
+        for port, q in sorted(listen_queues.by_port(queues).items()):
+            if self._ports is not None and port not in self._ports:
+                continue
+            port_label: Labels = (("port", str(port)),)
+            add("host_listen_queue_depth", q.depth, port_label)
+            if q.capacity is not None:
+                add("host_listen_queue_capacity", q.capacity, port_label)
+
+    def _resolve(self, now: float, problems: list[str]) -> None:
+        names = {w for w in self._wanted if isinstance(w, str)}
+        pids = {w for w in self._wanted if isinstance(w, int)}
+        stale = any(not w.process.is_running() for w in self._watched.values())
+        if not stale and now - self._names_resolved_at < NAME_RESCAN_S:
+            problems.extend(self._missing)
+            return
+        self._names_resolved_at = now
+        self._missing = []
+        found: dict[int, str] = {}
+        for pid in pids:
+            if psutil.pid_exists(pid):
+                found[pid] = str(pid)
+            else:
+                self._missing.append(f"watched process {pid} is not running")
+        if names:
+            for process in psutil.process_iter(["name", "cmdline"]):
+                info = process.info
+                argv = info.get("cmdline") or []
+                candidates = {info.get("name") or ""} | {os.path.basename(a) for a in argv[:2]}
+                for name in names & candidates:
+                    found.setdefault(process.pid, name)
+            for name in sorted(names - set(found.values())):
+                self._missing.append(f"no process named {name!r}")
+        problems.extend(self._missing)
+        for pid in list(self._watched):
+            if pid not in found:
+                del self._watched[pid]
+        for pid, label in found.items():
+            if pid not in self._watched:
+                try:
+                    self._watched[pid] = _Watched(label, psutil.Process(pid))
+                except psutil.Error:
+                    continue
+
+    def _processes(self, now: float, add: Any, problems: list[str]) -> None:
+        if not self._wanted:
+            return
+        self._resolve(now, problems)
+        for pid, watched in list(self._watched.items()):
+            labels: Labels = (("pid", str(pid)), ("process", watched.label))
+            p = watched.process
+            try:
+                with p.oneshot():
+                    times = p.cpu_times()
+                    rss = p.memory_info().rss
+                    threads = p.num_threads()
+                    files = p.num_fds()
+            except psutil.NoSuchProcess:
+                del self._watched[pid]
+                problems.append(f"watched process {watched.label} ({pid}) exited")
+                continue
+            except psutil.AccessDenied:
+                problems.append(f"not allowed to read process {watched.label} ({pid})")
+                continue
+            cpu_seconds = times.user + times.system
+            if watched.cpu_seconds is not None and now > watched.seen_at:
+                busy = (cpu_seconds - watched.cpu_seconds) / (now - watched.seen_at)
+                add("process_cpu_percent", max(0.0, 100.0 * busy), labels)
+            watched.cpu_seconds, watched.seen_at = cpu_seconds, now
+            add("process_rss_bytes", rss, labels)
+            add("process_threads", threads, labels)
+            add("process_open_files", files, labels)
