@@ -1,0 +1,1 @@
+"""The bundled AI gateway: keys, limits, a works queue, upstream engines."""
