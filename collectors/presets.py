@@ -125,6 +125,7 @@ GATEWAY = Preset(
         rule("queue_timeout_seconds", "quell_gateway_queue_timeout_seconds"),
         rule("priority_shed", "quell_gateway_priority_shed", keep=_PRIORITY),
         rule("offered_total", "quell_gateway_requests_received", "counter", keep=_PRIORITY),
+        rule("retried_total", "quell_gateway_requests_retried", "counter", keep=_PRIORITY),
         rule(
             "completed_total",
             "quell_gateway_requests",
@@ -195,6 +196,9 @@ VLLM = Preset(
         rule("queue_wait_seconds", "vllm:request_queue_time_seconds", "histogram", keep=_ENGINE),
         rule("service_seconds", "vllm:request_inference_time_seconds", "histogram", keep=_ENGINE),
         rule("latency_seconds", "vllm:e2e_request_latency_seconds", "histogram", keep=_ENGINE),
+        rule("token_seconds", "vllm:time_per_output_token_seconds", "histogram", keep=_ENGINE),
+        # vLLM renamed it; both names are read so either version is understood.
+        rule("token_seconds", "vllm:inter_token_latency_seconds", "histogram", keep=_ENGINE),
     ),
     "vLLM V0/V1 (and the bundled quell engine)",
 )

@@ -83,9 +83,13 @@ QUEUE: tuple[Signal, ...] = (
     *_counter("rejected_total", "requests", "requests refused without being served, by reason"),
     *_counter("failed_total", "requests", "requests admitted that ended in an error, by reason"),
     *_counter("preemptions_total", "sequences", "running sequences preempted to free memory"),
+    *_counter(
+        "retried_total", "requests", "arrivals that are a client's retry of an earlier attempt"
+    ),
     *_histogram("queue_wait", "time an admitted request waited for a worker (sojourn time)"),
     *_histogram("service", "time a worker spent serving a request"),
     *_histogram("latency", "end-to-end time from arrival to the last byte of the answer"),
+    *_histogram("token", "time per generated token once generation started (decode speed)"),
     Signal("queue_timeout_seconds", "gauge", "s", "max", "longest a request may wait queued"),
     Signal("priority_shed", "gauge", "flag", "max", "1 while a priority class is refused"),
     Signal(

@@ -146,7 +146,11 @@ def test_metrics_use_the_vllm_v1_names_and_labels(shared_engine: RunningServer, 
         assert ours[name].type == family.type, name
         for sample in ours[name].samples:
             assert {"model_name", "engine"} <= set(sample.labels), sample
-    for name in ("vllm:time_to_first_token_seconds", "quell_engine_requests_rejected"):
+    for name in (
+        "vllm:time_to_first_token_seconds",
+        "vllm:time_per_output_token_seconds",
+        "quell_engine_requests_rejected",
+    ):
         assert name in ours
     success = ours["vllm:request_success"]
     assert any(

@@ -219,3 +219,25 @@ def test_a_client_leaving_mid_stream_frees_its_worker(gw: RunningServer) -> None
     # 2000 tokens at 5 ms would hold the worker for 10 s.
     wait_for(lambda: state(gw)["queue"]["in_flight"] == 0, timeout=3)
     assert state(gw)["upstreams"]["engine-0"]["in_flight"] == 0
+
+
+def test_retried_requests_are_counted_apart_from_first_attempts(gw: RunningServer) -> None:
+    # The OpenAI SDKs number their attempts in this header; a retry storm is
+    # a rising share of retried arrivals, so the gateway must tell them apart.
+    before_retried = metric(gw, "quell_gateway_requests_retried_total", priority="standard")
+    before_received = metric(gw, "quell_gateway_requests_received_total", priority="standard")
+    body = {"model": "quell-mini", "messages": HELLO, "max_tokens": 1}
+    for attempt in ("0", "1", "2"):
+        response = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json=body,
+            headers={
+                "Authorization": "Bearer sk-team-a-0123456789",
+                "x-stainless-retry-count": attempt,
+            },
+        )
+        assert response.status_code == 200
+    retried = metric(gw, "quell_gateway_requests_retried_total", priority="standard")
+    received = metric(gw, "quell_gateway_requests_received_total", priority="standard")
+    assert retried - before_retried == 2
+    assert received - before_received == 3

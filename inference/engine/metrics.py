@@ -137,6 +137,11 @@ class EngineMetrics(Observer):
             "Histogram of e2e request latency in seconds.",
             LATENCY_BUCKETS,
         ).labels(*values)
+        self.time_per_output_token = histogram(
+            "vllm:time_per_output_token_seconds",
+            "Histogram of time per output token in seconds.",
+            LATENCY_BUCKETS,
+        ).labels(*values)
         self.inference_time = histogram(
             "vllm:request_inference_time_seconds",
             "Histogram of time spent in RUNNING phase for request.",
@@ -169,6 +174,12 @@ class EngineMetrics(Observer):
             self.inference_time.observe(seq.finished_at - seq.admitted_at)
         if seq.first_token_at:
             self.ttft.observe(seq.first_token_at - seq.arrival)
+            if seq.generated > 1:
+                # Decode speed alone: a slow dependency before prefill leaves it
+                # unchanged, a slower engine stretches it.
+                self.time_per_output_token.observe(
+                    (seq.finished_at - seq.first_token_at) / (seq.generated - 1)
+                )
         if seq.finish_reason != "abort":
             self.e2e.observe(seq.finished_at - seq.arrival)
             self.prompt_hist.observe(seq.prompt_tokens)

@@ -173,12 +173,15 @@ class GatewayApp:
             return
         size = 0
         auth = declared = None
+        retried = False
         for name, value in scope["headers"]:
             size += len(name) + len(value) + 4
             if name == b"authorization":
                 auth = value
             elif name == b"content-length":
                 declared = value
+            elif name == b"x-stainless-retry-count":
+                retried = value not in (b"0", b"")
         if size > self.max_header_bytes:
             await send_error(
                 send,
@@ -194,7 +197,7 @@ class GatewayApp:
         method = scope["method"]
         try:
             if method == "POST" and path in QUEUED_PATHS:
-                await self._queued(path, auth, declared, receive, send)
+                await self._queued(path, auth, declared, receive, send, retried)
                 return
             handler = self.router.resolve(method, path)
             if isinstance(handler, HttpError):
@@ -373,8 +376,13 @@ class GatewayApp:
         declared: bytes | None,
         receive: Receive,
         send: Send,
+        retried: bool = False,
     ) -> None:
-        """A request for a worker: completions, chat completions, embeddings."""
+        """A request for a worker: completions, chat completions, embeddings.
+
+        ``retried`` marks a client's retry of an earlier attempt, as the
+        OpenAI SDKs announce with ``x-stainless-retry-count``.
+        """
         arrived = time.monotonic()
         metrics = self.metrics
         key = self._authenticate(auth)
@@ -386,6 +394,8 @@ class GatewayApp:
             return
         priority = key.priority_index
         metrics.received[priority].inc()
+        if retried:
+            metrics.retried[priority].inc()
         if self.shed[priority]:
             await self._reject(key, path, send, self._shed_rejections[priority], "priority_shed")
             return
@@ -458,11 +468,16 @@ class GatewayApp:
         )
 
     async def _queued_routed(self, scope: Scope, receive: Receive, send: Send) -> None:
-        declared = None
+        declared = auth = None
+        retried = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 declared = bytes(value)
-        await self._queued(scope["path"], _authorization(scope), declared, receive, send)
+            elif name == b"authorization":
+                auth = bytes(value)
+            elif name == b"x-stainless-retry-count":
+                retried = value not in (b"0", b"")
+        await self._queued(scope["path"], auth, declared, receive, send, retried)
 
     async def _request_body(
         self,

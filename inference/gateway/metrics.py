@@ -163,6 +163,14 @@ class GatewayMetrics:
         )
         self.received = [received.labels(p) for p in PRIORITIES]
         self.received_unauthenticated = received.labels(NO_PRIORITY)
+        retried = Counter(
+            "quell_gateway_requests_retried",
+            "Requests that are a client's retry of an earlier attempt (x-stainless-retry-count "
+            "above 0, as the OpenAI SDKs send): a rising share marks a retry storm.",
+            ["priority"],
+            registry=r,
+        )
+        self.retried = [retried.labels(p) for p in PRIORITIES]
         requests = Counter(
             "quell_gateway_requests",
             "Requests by what became of them and priority class.",
