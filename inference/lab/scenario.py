@@ -8,6 +8,8 @@ cause begins (``onset_s``), so diagnosis can be scored against it:
     onset_s = 20
     duration_s = 60
     description = "..."
+    precursors = [{at_s = 10, cause = "producer_surge"}]   # causes that rightly show
+                                    # before the onset (a surge before a retry storm)
 
     [traffic]
     arrival = "poisson"             # or "constant"
@@ -180,6 +182,15 @@ class Scenario:
     traffic: Traffic
     faults: tuple[FaultStep, ...] = ()
     source: str = ""
+    precursors: tuple[tuple[float, str], ...] = ()
+
+    def expected_at(self, t: float) -> str | None:
+        """The cause a correct diagnosis names at ``t``; None before anything starts."""
+        cause = None
+        for at_s, precursor in self.precursors:
+            if t >= at_s:
+                cause = precursor
+        return self.cause if t >= self.onset_s else cause
 
 
 def _expect(table: dict[str, Any], key: str, kinds: type | tuple[type, ...], where: str) -> Any:
@@ -389,7 +400,16 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
         raise ScenarioError(f"{source}: not valid TOML: {error}") from None
     _check_keys(
         table,
-        {"name", "cause", "onset_s", "duration_s", "description", "traffic", "faults"},
+        {
+            "name",
+            "cause",
+            "onset_s",
+            "duration_s",
+            "description",
+            "traffic",
+            "faults",
+            "precursors",
+        },
         source,
     )
     name = _expect(table, "name", str, source)
@@ -402,6 +422,14 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     if not isinstance(faults, list):
         raise ScenarioError(f"{source}: 'faults' must be an array of tables ([[faults]])")
     steps = tuple(_fault(f, f"{source}: faults[{i}]") for i, f in enumerate(faults))
+    precursors = []
+    for index, entry in enumerate(table.get("precursors", [])):
+        where = f"{source}: precursors[{index}]"
+        if not isinstance(entry, dict) or entry.get("cause") not in CAUSES[1:]:
+            raise ScenarioError(f"{where} needs a cause, one of {', '.join(CAUSES[1:])}")
+        _check_keys(entry, {"at_s", "cause"}, where)
+        at_s = _number(entry, "at_s", where, high=onset)
+        precursors.append((at_s, str(entry["cause"])))
     return Scenario(
         name=name,
         cause=cause,
@@ -411,6 +439,7 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
         traffic=_traffic(table.get("traffic"), f"{source}: traffic"),
         faults=tuple(sorted(steps, key=lambda s: s.at_s)),
         source=source,
+        precursors=tuple(sorted(precursors)),
     )
 
 
@@ -480,4 +509,5 @@ def scaled(scenario: Scenario, time_scale: float) -> Scenario:
             for f in scenario.faults
         ),
         source=scenario.source,
+        precursors=tuple((at * time_scale, cause) for at, cause in scenario.precursors),
     )

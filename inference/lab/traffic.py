@@ -108,6 +108,7 @@ class Results:
     rejections: Counter[str] = field(default_factory=Counter)  # every failed attempt
     latencies: array[float] = field(default_factory=lambda: array("d"))
     ttft: array[float] = field(default_factory=lambda: array("d"))
+    started_at: float = 0.0  # wall-clock time the schedule began
     max_lag_s: float = 0.0
     late_sends: int = 0
     timeline: list[Second] = field(default_factory=list)
@@ -133,6 +134,7 @@ class Results:
 
         return {
             "scenario": self.scenario,
+            "started_at": self.started_at,
             "duration_s": round(self.duration_s, 3),
             "requested_rate": round(self.requested_rate, 3),
             "achieved_rate": round(self.achieved_rate(), 3),
@@ -258,6 +260,7 @@ class Generator:
             # time.monotonic, not loop.time: uvloop's clock is cached per loop
             # iteration at millisecond resolution, too coarse for 3,000 req/s.
             self._start = start = time.monotonic()
+            results.started_at = time.time()
             ticker = asyncio.create_task(self._tick(on_tick)) if on_tick else None
             index, count = 0, len(schedule)
             end = start + scenario.duration_s
