@@ -326,8 +326,9 @@ def assess(window: Sequence[Observation], baseline: Baseline, t: Thresholds) -> 
         completed_now is not None
         and running is not None
         and running >= 1
-        and baseline.completed is not None
-        and completed_now < max(0.2, t.stall_fraction * baseline.completed)
+        # Without a baseline (diagnosis started mid-incident) near zero is
+        # still near zero.
+        and completed_now < max(0.2, t.stall_fraction * (baseline.completed or 0.0))
         and (offered or 0.0) > t.excess_min
     )
     imbalanced = bool((excess and (growing or pinned)) or stalled)
