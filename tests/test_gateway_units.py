@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from inference.drain_rate import DrainRate
 from inference.gateway.access_log import AccessLog
-from inference.gateway.admission import Admission, DrainRate, QueueFull, QueueTimeout
+from inference.gateway.admission import Admission, QueueFull, QueueTimeout
 from inference.gateway.cache import ResponseCache
 from inference.gateway.circuit_breaker import BreakerState, CircuitBreaker
 from inference.gateway.config import ConfigError, load_config, parse_config

@@ -28,6 +28,7 @@ from inference.asgi import (
     send_json,
     token_matches,
 )
+from inference.drain_rate import DrainRate
 from inference.engine.chat_request import ChatRequest, parse_chat_request
 from inference.engine.config import EngineConfig
 from inference.engine.faults import Faults, InvalidFault, validate_changes
@@ -43,36 +44,6 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
-# Clients are told to come back no sooner than this, and never later than the
-# 60 s past which the OpenAI SDKs ignore Retry-After altogether.
-MIN_RETRY_AFTER_S = 0.5
-MAX_RETRY_AFTER_S = 30.0
-# With no completions to estimate a drain rate from (a stall), this is the hint.
-UNKNOWN_DRAIN_RETRY_AFTER_S = 2.0
-
-
-class DrainRate:
-    """Completions per second, smoothed, for the Retry-After estimate."""
-
-    def __init__(self) -> None:
-        self.per_second = 0.0
-        self._last_count = 0
-        self._last_time = time.monotonic()
-
-    def update(self, completed: int) -> None:
-        now = time.monotonic()
-        elapsed = now - self._last_time
-        if elapsed <= 0:
-            return
-        instant = (completed - self._last_count) / elapsed
-        self.per_second = instant if self.per_second == 0 else 0.5 * self.per_second + 0.5 * instant
-        self._last_count = completed
-        self._last_time = now
-
-    def retry_after(self, queued: int) -> float:
-        if self.per_second < 0.01:
-            return UNKNOWN_DRAIN_RETRY_AFTER_S
-        return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, (queued + 1) / self.per_second))
 
 
 class EngineApp:

@@ -15,17 +15,9 @@ exact separately.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 
 from inference.gateway.config import PRIORITIES
-
-# Clients are told to come back no sooner than this, and never later than
-# 30 s, well inside the 60-120 s past which SDKs ignore Retry-After.
-MIN_RETRY_AFTER_S = 0.5
-MAX_RETRY_AFTER_S = 30.0
-# With nothing completing to estimate from (every upstream stalled).
-UNKNOWN_DRAIN_RETRY_AFTER_S = 2.0
 
 
 class QueueFull(Exception):
@@ -114,26 +106,3 @@ class Admission:
     def set_capacity(self, capacity: int) -> None:
         # Requests already waiting keep their place; only new ones see the bound.
         self.capacity = capacity
-
-
-class DrainRate:
-    """Completions per second, smoothed, for the Retry-After estimate."""
-
-    def __init__(self, completed: int = 0, now: float | None = None) -> None:
-        self.per_second = 0.0
-        self._last_count = completed
-        self._last_time = time.monotonic() if now is None else now
-
-    def update(self, completed: int, now: float) -> None:
-        elapsed = now - self._last_time
-        if elapsed <= 0:
-            return
-        instant = (completed - self._last_count) / elapsed
-        self.per_second = instant if self.per_second == 0 else 0.5 * self.per_second + 0.5 * instant
-        self._last_count = completed
-        self._last_time = now
-
-    def retry_after(self, queued: int) -> float:
-        if self.per_second < 0.01:
-            return UNKNOWN_DRAIN_RETRY_AFTER_S
-        return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, (queued + 1) / self.per_second))

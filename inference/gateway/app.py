@@ -29,9 +29,10 @@ from inference.asgi import (
     send_error,
     send_json,
 )
+from inference.drain_rate import DrainRate
 from inference.gateway.access_log import AccessLog
 from inference.gateway.admin import UPSTREAMS_PREFIX, AdminApi
-from inference.gateway.admission import Admission, DrainRate, QueueFull, QueueTimeout
+from inference.gateway.admission import Admission, QueueFull, QueueTimeout
 from inference.gateway.cache import ResponseCache, cache_key
 from inference.gateway.config import PRIORITIES, ConfigError, GatewayConfig
 from inference.gateway.keys import ApiKey, KeyRing

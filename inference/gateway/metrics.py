@@ -20,7 +20,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from inference.gateway.admission import Admission, DrainRate
+from inference.drain_rate import DrainRate
+from inference.gateway.admission import Admission
 from inference.gateway.cache import ResponseCache
 from inference.gateway.config import PRIORITIES
 from inference.gateway.upstreams import UpstreamPool

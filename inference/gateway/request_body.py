@@ -8,10 +8,9 @@ to rewrite them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from inference.asgi import HttpError, dumps
+from inference.asgi import dumps, parse_json_object
 
 # A prompt token is about four bytes of English JSON; good enough to charge a
 # tokens-per-minute bucket before the upstream has counted for real.
@@ -40,18 +39,7 @@ def _int_field(payload: dict[str, object], name: str) -> int | None:
 
 
 def parse_request_body(raw: bytes, max_tokens_cap: int) -> RequestBody:
-    try:
-        payload = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise HttpError(
-            400, f"request body is not valid JSON: {exc}", code="invalid_json"
-        ) from None
-    if not isinstance(payload, dict):
-        raise HttpError(
-            400,
-            f"request body must be a JSON object, not {type(payload).__name__}",
-            code="invalid_json",
-        )
+    payload = parse_json_object(raw)
     completion = _int_field(payload, "max_completion_tokens")
     max_tokens = completion if completion is not None else _int_field(payload, "max_tokens")
     if max_tokens_cap and (max_tokens is None or max_tokens > max_tokens_cap):
