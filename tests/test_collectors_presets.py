@@ -327,7 +327,8 @@ def test_litellm_names() -> None:
 
 def gateway_page(critical_waits: int = 1) -> str:
     """The gateway's own /metrics text, produced by its metrics code."""
-    from inference.gateway.admission import Admission, DrainRate
+    from inference.drain_rate import DrainRate
+    from inference.gateway.admission import Admission
     from inference.gateway.cache import ResponseCache
     from inference.gateway.config import UpstreamConfig, UpstreamSettings
     from inference.gateway.metrics import GatewayMetrics
