@@ -67,6 +67,9 @@ class TargetConfig:
     url: str
     preset: str | None = None
     kind: str = "http"
+    # The queue this target serves behind (an engine behind its gateway):
+    # diagnosis reads it as one of that queue's replicas, not as a queue.
+    replica_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +279,7 @@ class _Reader:
         )
 
     def target(self, value: Any, where: str) -> TargetConfig:
-        table = self.table(value, where, ("name", "url", "preset", "kind"))
+        table = self.table(value, where, ("name", "url", "preset", "kind", "replica_of"))
         name = self.name(table, where)
         url = self.text(table, "url", where)
         kind = self.text(table, "kind", where, "http")
@@ -299,7 +302,10 @@ class _Reader:
         preset = table.get("preset")
         if preset is not None and (not isinstance(preset, str) or not preset):
             raise self.fail(f"{where}.preset", f"must be a preset name, got {preset!r}")
-        return TargetConfig(name=name, url=url, preset=preset, kind=kind)
+        replica_of = table.get("replica_of")
+        if replica_of is not None and (not isinstance(replica_of, str) or not replica_of):
+            raise self.fail(f"{where}.replica_of", "must name another target")
+        return TargetConfig(name=name, url=url, preset=preset, kind=kind, replica_of=replica_of)
 
     def host(self, value: Any) -> HostConfig:
         table = self.table(value, "host", ("enabled", "watch", "listen_ports"))
@@ -360,6 +366,13 @@ def check_names(config: Config) -> None:
             )
             raise ConfigError(f"{config.origin}: two sources are named {name!r}{reserved}")
         seen.add(name)
+    queues = {t.name for t in config.targets if t.replica_of is None}
+    for target in config.targets:
+        if target.replica_of is not None and target.replica_of not in queues:
+            raise ConfigError(
+                f"{config.origin}: target {target.name!r} is a replica_of {target.replica_of!r}, "
+                "which is not a target of its own"
+            )
 
 
 # -- the lab ------------------------------------------------------------------
@@ -378,7 +391,9 @@ def lab_config(state: Mapping[str, Any], *, interval_s: float = 1.0) -> Config:
         engines = list(state["engines"])
         targets = [TargetConfig("gateway", _metrics_url(gateway["url"]), "quell-gateway")]
         targets += [
-            TargetConfig(str(engine["name"]), _metrics_url(engine["url"]), "vllm")
+            TargetConfig(
+                str(engine["name"]), _metrics_url(engine["url"]), "vllm", "http", "gateway"
+            )
             for engine in engines
             if engine.get("url")
         ]

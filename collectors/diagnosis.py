@@ -349,6 +349,7 @@ def assess(window: Sequence[Observation], baseline: Baseline, t: Thresholds) -> 
     evidence: dict[str, Any] = {
         "offered_rate": _round(offered),
         "service_rate": _round(completed),
+        "service_rate_now": _round(completed_now),
         "depth": depth,
         "capacity": capacity,
         "occupancy": _round(occupancy),

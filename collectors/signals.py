@@ -77,6 +77,23 @@ QUEUE: tuple[Signal, ...] = (
     ),
     Signal("replicas", "gauge", "count", "sum", "healthy replicas serving the queue"),
     Signal("kv_usage", "gauge", "ratio", "mean", "KV-cache blocks in use, 0 to 1"),
+    # What diagnosis concluded, written back each tick by the daemon.
+    Signal("occupancy", "gauge", "ratio", "max", "depth / capacity of a watched queue"),
+    Signal(
+        "time_to_full_seconds",
+        "gauge",
+        "s",
+        "max",
+        "(capacity - depth) / (offered - service rate) while offered exceeds it",
+    ),
+    Signal("imbalance", "gauge", "flag", "max", "1 while a verdict is open on the queue"),
+    Signal(
+        "verdict",
+        "gauge",
+        "confidence",
+        "max",
+        "confidence of the open verdict for its cause label; 0 for the other causes",
+    ),
     Signal("swapped", "gauge", "requests", "sum", "sequences swapped out to CPU memory"),
     *_counter("offered_total", "requests", "requests that arrived, admitted or not (lambda)"),
     *_counter("completed_total", "requests", "requests served to completion (mu)"),

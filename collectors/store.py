@@ -753,6 +753,125 @@ class Store:
             for ts, kind, source, text, severity in rows
         ]
 
+    # -- incidents and alerts ------------------------------------------------
+
+    async def _commit(self, sql: str, params: Sequence[Any]) -> int:
+        self._writable()
+        try:
+            cursor = await self._db.execute(sql, params)
+            await self._db.commit()
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self._db.rollback()
+            raise
+        return int(cursor.lastrowid or 0)
+
+    async def open_incident(
+        self, target: str, cause: str, ts: float, confidence: float, evidence: Mapping[str, Any]
+    ) -> int:
+        timeline = [{"ts": ts, "what": "opened", "cause": cause, "confidence": confidence}]
+        return await self._commit(
+            "INSERT INTO incidents (target, cause, opened_ts, confidence, evidence_json,"
+            " timeline_json) VALUES (?, ?, ?, ?, ?, ?)",
+            (target, cause, to_ms(ts), confidence, json.dumps(evidence), json.dumps(timeline)),
+        )
+
+    async def note_incident(
+        self,
+        incident_id: int,
+        ts: float,
+        what: str,
+        cause: str | None = None,
+        confidence: float | None = None,
+        evidence: Mapping[str, Any] | None = None,
+        closed: bool = False,
+    ) -> None:
+        """Add a step to an incident's timeline; a new cause, evidence or its close with it."""
+        async with self._db.execute(
+            "SELECT cause, confidence, evidence_json, timeline_json FROM incidents WHERE id = ?",
+            (incident_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise StoreError(f"no incident {incident_id}")
+        timeline = json.loads(row[3])
+        step: dict[str, Any] = {"ts": ts, "what": what}
+        if cause is not None:
+            step["cause"] = cause
+        timeline.append(step)
+        await self._commit(
+            "UPDATE incidents SET cause = ?, confidence = ?, evidence_json = ?, timeline_json = ?,"
+            " closed_ts = ? WHERE id = ?",
+            (
+                cause or row[0],
+                row[1] if confidence is None else confidence,
+                row[2] if evidence is None else json.dumps(evidence),
+                json.dumps(timeline),
+                to_ms(ts) if closed else None,
+                incident_id,
+            ),
+        )
+
+    async def incidents(self, since: float | None = None) -> list[dict[str, Any]]:
+        async with self._db.execute(
+            "SELECT id, target, cause, opened_ts, closed_ts, confidence, evidence_json,"
+            " timeline_json FROM incidents WHERE opened_ts >= ? ORDER BY opened_ts",
+            (to_ms(since) if since is not None else -(2**62),),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            {
+                "id": r[0],
+                "target": r[1],
+                "cause": r[2],
+                "opened": r[3] / 1000,
+                "closed": None if r[4] is None else r[4] / 1000,
+                "confidence": r[5],
+                "evidence": json.loads(r[6]),
+                "timeline": json.loads(r[7]),
+            }
+            for r in rows
+        ]
+
+    async def record_alert(
+        self,
+        ts: float,
+        name: str,
+        target: str,
+        status: str,
+        fingerprint: str,
+        payload: Mapping[str, Any],
+        incident_id: int | None = None,
+        source: str = "quell",
+    ) -> int:
+        return await self._commit(
+            "INSERT INTO alerts (ts, source, name, target, status, fingerprint, incident_id,"
+            " payload_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                to_ms(ts),
+                source,
+                name,
+                target,
+                status,
+                fingerprint,
+                incident_id,
+                json.dumps(payload),
+            ),
+        )
+
+    async def alerts(self, since: float | None = None) -> list[dict[str, Any]]:
+        async with self._db.execute(
+            "SELECT ts, source, name, target, status, fingerprint, incident_id, payload_json"
+            " FROM alerts WHERE ts >= ? ORDER BY ts",
+            (to_ms(since) if since is not None else -(2**62),),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            {"ts": r[0] / 1000, "source": r[1], "name": r[2], "target": r[3], "status": r[4],
+             "fingerprint": r[5], "incident_id": r[6], "payload": json.loads(r[7])}
+            for r in rows
+        ]  # fmt: skip
+
     async def count_samples(self) -> int:
         async with self._db.execute("SELECT count(*) FROM samples") as cursor:
             row = await cursor.fetchone()

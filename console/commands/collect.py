@@ -87,6 +87,9 @@ def run_collect(args: argparse.Namespace) -> int:
 
     configure_logging()
     daemon = Daemon(config, reload=load, watch=watch)
+    from collectors.diagnosis_loop import DiagnosisLoop
+
+    daemon.on_tick.append(DiagnosisLoop(daemon))
     try:
         return asyncio.run(daemon.run())
     except ConfigError as problem:
