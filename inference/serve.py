@@ -58,6 +58,9 @@ def serve(app: Any, sock: socket.socket, name: str, timeout_keep_alive: int = 5)
         access_log=False,
         log_level="warning",
         server_header=False,
+        # Nothing here sits behind a trusted proxy; the middleware would only
+        # cost time on every request.
+        proxy_headers=False,
         timeout_keep_alive=timeout_keep_alive,
         timeout_graceful_shutdown=5,
     )

@@ -170,3 +170,19 @@ async def test_steps_follow_the_cost_model_not_faster() -> None:
     finally:
         task.cancel()
     assert 0.29 <= elapsed < 0.6
+
+
+async def test_aborting_every_running_sequence_at_once_admits_the_waiting(make) -> None:
+    # All slots freed in one iteration must go to the queue, not leave the
+    # scheduler idle with requests waiting.
+    scheduler, _ = make(slots=2)
+    running = [request(scheduler, output=4_000) for _ in range(2)]
+    waiting = [request(scheduler, output=2) for _ in range(2)]
+    for seq in running + waiting:
+        scheduler.submit(seq)
+    await asyncio.sleep(0.02)
+    assert scheduler.running_count == 2 and scheduler.waiting_count == 2
+    for seq in running:
+        scheduler.abort(seq)
+    await asyncio.wait_for(asyncio.gather(*(s.done for s in waiting)), 2)
+    assert all(s.finish_reason == "length" for s in waiting)

@@ -215,6 +215,10 @@ class Scheduler:
                 for seq in [s for s in self.running if s.aborted]:
                     self.running.remove(seq)
                     self._finish(seq, now, "abort")
+                # The freed slots go to the waiting requests before anything
+                # else: with every running sequence aborted at once, going on
+                # would find nothing active and idle with requests waiting.
+                continue
             active = [seq for seq in self.running if seq.ready_at <= now]
             if not active:
                 if self.running:
