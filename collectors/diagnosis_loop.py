@@ -87,7 +87,11 @@ class DiagnosisLoop:
                 self._send(note)
             written.extend(self._outputs(queue, now, diagnoser))
         if written:
-            await store.write_tick(written)
+            count = await store.write_tick(written)
+            # Counted with the daemon's own writes, so "samples written" is
+            # what the store holds.
+            self.daemon.samples_written += count
+            self.daemon.exporter.samples_written.inc(count)
             self.daemon.exporter.series.update("diagnosis", written)
 
     def _outputs(self, queue: str, now: float, diagnoser: Diagnoser) -> list[Sample]:
