@@ -270,6 +270,8 @@ class Supervisor:
             await asyncio.sleep(HEALTH_INTERVAL_S)
             children = [*self.engines, *([self.gateway] if self.gateway else [])]
             states = await asyncio.gather(*(self._healthy(c) for c in children))
+            if self._stopped.is_set():
+                return  # children going down on purpose are no news
             changed = False
             for child, ok in zip(children, states, strict=True):
                 if ok != child.healthy:
