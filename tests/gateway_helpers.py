@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.servers import RunningServer, quell_command, running
+from tests.servers import metric as metric  # re-exported for the gateway tests
 
 ADMIN_TOKEN = "gateway-admin-secret"
 ENGINE_ADMIN = {"Authorization": "Bearer engine-admin-secret"}
@@ -142,16 +142,6 @@ def engine_faults(engine: RunningServer, **faults: Any) -> None:
     else:
         response = httpx.delete(f"{engine.url}/admin/faults", headers=ENGINE_ADMIN)
     assert response.status_code == 200, response.text
-
-
-def metric(server: RunningServer, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, every: float = 0.02) -> Any:

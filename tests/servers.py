@@ -18,6 +18,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 LISTENING = " listening on "
 
 
@@ -108,3 +111,14 @@ def engine(
         extra["QUELL_ENGINE_ADMIN_TOKEN"] = admin_token
     with running(quell_command("engine", "serve", "--port", "0", *args), extra) as server:
         yield server
+
+
+def metric(server: RunningServer, name: str, **labels: str) -> float:
+    """The sum of a server's samples named ``name`` whose labels include ``labels``."""
+    text = httpx.get(f"{server.url}/metrics").text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

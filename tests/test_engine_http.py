@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference.engine.tokens import count_tokens
-from tests.servers import FAST_ENGINE, RunningServer, engine
+from tests.servers import FAST_ENGINE, RunningServer, engine, metric
 
 ADMIN = {"Authorization": "Bearer engine-admin-secret"}
 HELLO = [{"role": "user", "content": "Is the works queue full?"}]
@@ -27,16 +27,6 @@ def shared_engine() -> Iterator[RunningServer]:
 
 def sdk(server: RunningServer, **options: object) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", **options)  # type: ignore[arg-type]
-
-
-def metric(server: RunningServer, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
