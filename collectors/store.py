@@ -200,7 +200,7 @@ def writer_pid(path: Path | str) -> int | None:
     return None
 
 
-def _prepare(path: Path) -> None:
+def prepare(path: Path) -> None:
     """Create or migrate the file with plain sqlite3, before the async connection opens."""
     connection = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     try:
@@ -266,7 +266,7 @@ class Store:
                 raise StoreError(f"cannot create {path.parent}: {problem.strerror}") from None
             lock = _take_writer_lock(path)
             try:
-                await asyncio.to_thread(_prepare, path)
+                await asyncio.to_thread(prepare, path)
                 # sqlite3's implicit transactions: the first write of a tick
                 # begins it, so a tick costs two trips to the connection's
                 # thread (write, commit) rather than three with an explicit

@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from console.commands import collect, diagnose, engine, gateway, lab, load, probe
+from console.commands import collect, diagnose, engine, gateway, lab, load, play, probe
 from console.errors import UsageError
 from console.version import VERSION
 
-GROUPS = (engine, gateway, lab, load, collect, probe, diagnose)
+GROUPS = (engine, gateway, lab, load, collect, probe, diagnose, play)
 
 
 def build_parser() -> argparse.ArgumentParser:
