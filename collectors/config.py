@@ -87,6 +87,32 @@ class GpuConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertPlaybook:
+    """An Alertmanager alert (by its labels) and the playbook it starts."""
+
+    labels: Mapping[str, str]
+    playbook: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybooksConfig:
+    """What the daemon may do about a verdict; plain data, read by the playbooks."""
+
+    directories: tuple[Path, ...] = ()
+    read_only: bool = False
+    # Start playbooks that carry an ``auto`` section when their verdicts open.
+    auto: bool = True
+    # The admin API of the watched queue's gateway; the lab's when unset.
+    gateway_url: str | None = None
+    gateway_admin_token_env: str = "QUELL_GATEWAY_ADMIN_TOKEN"  # noqa: S105 - a name
+    # The Alertmanager receiver (POST /alertmanager) is on only when this
+    # variable holds the shared secret.
+    webhook_secret_env: str = "QUELL_WEBHOOK_SECRET"  # noqa: S105 - a name
+    alerts: tuple[AlertPlaybook, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     path: Path
     name: str
@@ -103,6 +129,7 @@ class Config:
     host: HostConfig = field(default_factory=HostConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
     logs: tuple[LogConfig, ...] = ()
+    playbooks: PlaybooksConfig = field(default_factory=PlaybooksConfig)
     # Where it came from, for messages: a file path or "the lab in DIR".
     origin: str = ""
 
@@ -215,6 +242,46 @@ class _Reader:
             raise self.fail(f"{where}.name", f"must be printable and at most {MAX_NAME} characters")
         return name
 
+    def playbooks(self, value: Any) -> PlaybooksConfig:
+        known = ("directories", "read_only", "auto", "gateway_url", "gateway_admin_token_env",
+                 "webhook_secret_env", "alerts")  # fmt: skip
+        table = self.table(value, "playbooks", known)
+        directories = []
+        for index, item in enumerate(self.array(table.get("directories", []), "playbooks")):
+            directories.append(self.path({"d": item}, "d", f"playbooks.directories[{index}]"))
+        alerts = []
+        for index, entry in enumerate(self.array(table.get("alerts", []), "playbooks.alerts")):
+            where = f"playbooks.alerts[{index}]"
+            alert = self.table(entry, where, ("labels", "playbook", "params"))
+            labels = self.table(alert.get("labels", {}), f"{where}.labels", list(
+                alert.get("labels", {})))  # fmt: skip
+            if not labels or not all(isinstance(v, str) for v in labels.values()):
+                raise self.fail(f"{where}.labels", "must map label names to text, e.g. "
+                                "{ alertname = \"QuellQueueFilling\" }")  # fmt: skip
+            params = alert.get("params", {})
+            if not isinstance(params, Mapping):
+                raise self.fail(f"{where}.params", "must be a table")
+            alerts.append(AlertPlaybook(dict(labels), self.text(alert, "playbook", where),
+                                        dict(params)))  # fmt: skip
+        url = table.get("gateway_url")
+        if url is not None:
+            url = self.text(table, "gateway_url", "playbooks")
+            if not url.startswith(("http://", "https://")):
+                raise self.fail("playbooks.gateway_url", "must start with http:// or https://")
+        return PlaybooksConfig(
+            directories=tuple(directories),
+            read_only=self.boolean(table, "read_only", "playbooks", False),
+            auto=self.boolean(table, "auto", "playbooks", True),
+            gateway_url=url,
+            gateway_admin_token_env=self.text(
+                table, "gateway_admin_token_env", "playbooks", "QUELL_GATEWAY_ADMIN_TOKEN"
+            ),
+            webhook_secret_env=self.text(
+                table, "webhook_secret_env", "playbooks", "QUELL_WEBHOOK_SECRET"
+            ),
+            alerts=tuple(alerts),
+        )
+
     def array(self, value: Any, key: str) -> list[Any]:
         if not isinstance(value, list):
             raise self.fail(key, "must be an array")
@@ -223,7 +290,9 @@ class _Reader:
     # -- sections -------------------------------------------------------------
 
     def config(self, data: Mapping[str, Any]) -> Config:
-        top = self.table(data, "", ("store", "daemon", "targets", "host", "gpu", "logs"))
+        top = self.table(
+            data, "", ("store", "daemon", "targets", "host", "gpu", "logs", "playbooks")
+        )
         if "store" not in top:
             raise self.fail("store.path", "is required (where samples are kept)")
         config = Config(
@@ -239,6 +308,7 @@ class _Reader:
                 self.log(entry, f"logs[{index}]")
                 for index, entry in enumerate(self.array(top.get("logs", []), "logs"))
             ),
+            playbooks=self.playbooks(top.get("playbooks", {})),
             origin=self.origin,
         )
         check_names(config)

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 from collectors.config import Config, ConfigError, TargetConfig
-from collectors.exporter import Exporter, MetricsServer
+from collectors.exporter import Exporter, MetricsServer, PostRoute
 from collectors.gpu import GpuCollector
 from collectors.host import HostCollector
 from collectors.http import make_client, redact
@@ -225,6 +225,9 @@ class Daemon:
         """``reload`` re-reads the config on SIGHUP; ``watch``: reload when this file changes."""
         self.config = config
         self.on_tick: list[TickHook] = list(on_tick)
+        # POST routes served beside /metrics (the Alertmanager receiver).
+        self.routes: dict[str, PostRoute] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.last_samples: dict[str, list[Sample]] = {}
         self.exporter = Exporter()
         self.metrics_url: str | None = None
@@ -270,6 +273,7 @@ class Daemon:
         ConfigError when a target cannot be built from the config.
         """
         config = self.config
+        self.loop = asyncio.get_running_loop()
         self._client = make_client(CLIENT_TIMEOUT_S, CLIENT_TIMEOUT_S)
         try:
             self._sources = build_sources(config, self._client)
@@ -291,6 +295,7 @@ class Daemon:
                     config.daemon.metrics_port,
                     self.exporter.registry,
                     self.status,
+                    self.routes,
                 )
             except OSError as problem:
                 where = f"{config.daemon.metrics_host}:{config.daemon.metrics_port}"

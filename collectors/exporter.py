@@ -46,6 +46,14 @@ _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+# A POST route added by whoever runs the daemon (the Alertmanager receiver):
+# (body, lower-cased headers) -> (status, JSON answer). It runs on the HTTP
+# thread, so it must hand real work to the daemon's loop and return.
+PostRoute = Callable[[bytes, Mapping[str, str]], tuple[int, Mapping[str, Any]]]
+MAX_POST_BYTES = 1 << 20
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
+            404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
+            503: "Service Unavailable"}  # fmt: skip
 
 
 def metric_name(series: str) -> str:
@@ -181,11 +189,41 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes every few seconds are not news; the daemon's log stays readable."""
 
 
-def _app(registry: CollectorRegistry, status: Callable[[], Mapping[str, Any]]) -> WsgiApp:
+def _post(route: PostRoute, environ: dict[str, Any]) -> tuple[int, Mapping[str, Any]]:
+    if environ.get("REQUEST_METHOD") != "POST":
+        return 405, {"error": "use POST"}
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 400, {"error": "bad Content-Length"}
+    if length > MAX_POST_BYTES:
+        return 413, {"error": f"body over {MAX_POST_BYTES} bytes"}
+    body = environ["wsgi.input"].read(length) if length else b""
+    headers = {
+        k[5:].replace("_", "-").lower(): str(v) for k, v in environ.items() if k.startswith("HTTP_")
+    }
+    if "CONTENT_TYPE" in environ:
+        headers["content-type"] = str(environ["CONTENT_TYPE"])
+    return route(body, headers)
+
+
+def _app(
+    registry: CollectorRegistry,
+    status: Callable[[], Mapping[str, Any]],
+    routes: Mapping[str, PostRoute] | None = None,
+) -> WsgiApp:
     metrics = make_wsgi_app(registry)
+    routes = routes if routes is not None else {}
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        route = routes.get(path)
+        if route is not None:
+            code, answer = _post(route, environ)
+            start_response(
+                f"{code} {_REASONS.get(code, 'Error')}", [("Content-Type", "application/json")]
+            )
+            return [json.dumps(answer).encode() + b"\n"]
         if path == "/status":
             body = json.dumps(status(), indent=2).encode() + b"\n"
             start_response("200 OK", [("Content-Type", "application/json")])
@@ -206,10 +244,11 @@ class MetricsServer:
         port: int,
         registry: CollectorRegistry,
         status: Callable[[], Mapping[str, Any]],
+        routes: Mapping[str, PostRoute] | None = None,
     ) -> None:
         server_class = _Server6 if ":" in host else _Server
         self._server = make_server(
-            host, port, _app(registry, status), server_class=server_class,
+            host, port, _app(registry, status, routes), server_class=server_class,
             handler_class=_QuietHandler,
         )  # fmt: skip
         self.host = host

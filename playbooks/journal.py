@@ -206,6 +206,23 @@ class Journal:
             db.execute("UPDATE playbook_runs SET status = ? WHERE id = ?", (status, run_id))
             self._append(db, run_id, {"event": "status", "status": status, "why": why})
 
+    def record_alert(
+        self,
+        ts: float,
+        name: str,
+        target: str,
+        status: str,
+        fingerprint: str,
+        payload: dict[str, Any],
+    ) -> None:
+        """An Alertmanager alert that started a run; the fingerprint keeps it from starting two."""
+        with self._immediate() as db:
+            db.execute(
+                "INSERT INTO alerts (ts, source, name, target, status, fingerprint, payload_json)"
+                " VALUES (?, 'alertmanager', ?, ?, ?, ?, ?)",
+                (to_ms(ts), name, target, status, fingerprint, _canonical(payload)),
+            )
+
     # -- reading -----------------------------------------------------------
 
     def _rows(self, where: str = "", params: tuple[Any, ...] = (), limit: int = 50) -> list[Any]:

@@ -89,11 +89,38 @@ def run_collect(args: argparse.Namespace) -> int:
     daemon = Daemon(config, reload=load, watch=watch)
     from collectors.diagnosis_loop import DiagnosisLoop
 
-    daemon.on_tick.append(DiagnosisLoop(daemon))
+    diagnosis = DiagnosisLoop(daemon)
+    daemon.on_tick.append(diagnosis)
+    _playbooks(daemon, diagnosis, config)
     try:
         return asyncio.run(daemon.run())
     except ConfigError as problem:
         raise UsageError(str(problem)) from None
+
+
+def _playbooks(daemon: Any, diagnosis: Any, config: Config) -> None:
+    """Auto playbooks on verdicts, and the Alertmanager receiver when its secret is set."""
+    import os
+
+    from playbooks.loader import load_catalog
+    from playbooks.model import PlaybookError
+    from playbooks.triggers import WEBHOOK_PATH, AlertmanagerReceiver, AutoStarter, Starter
+
+    settings = config.playbooks
+    try:
+        catalog = load_catalog(settings.directories)
+    except PlaybookError as error:
+        raise UsageError(str(error)) from None
+    for mapping in settings.alerts:
+        if mapping.playbook not in catalog:
+            raise UsageError(
+                f"{config.origin}: playbooks.alerts maps to unknown playbook {mapping.playbook!r}"
+            )
+    starter = Starter(config, catalog)
+    daemon.on_tick.append(AutoStarter(diagnosis, starter))
+    secret = os.environ.get(settings.webhook_secret_env, "")
+    if secret:
+        daemon.routes[WEBHOOK_PATH] = AlertmanagerReceiver(daemon, starter, secret)
 
 
 def _check(config: Config) -> int:
