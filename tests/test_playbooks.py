@@ -335,3 +335,10 @@ def test_history_rollback_and_an_intact_chain(system: RunningServer, tmp_path: P
     again = play(system, tmp_path, "scale-workers", "--yes", "--param", "factor=2")
     assert again.returncode == 5 and "cooling down" in again.stderr
     time.sleep(0)
+
+
+def test_the_kubernetes_example_playbook_is_valid() -> None:
+    path = Path(__file__).resolve().parent.parent / "docs" / "playbooks" / "scale-deployment.yaml"
+    playbook = parse(path.read_text(), path)
+    [scale] = [s for s in playbook.steps if s.kind == "action"]
+    assert scale.action == "exec" and scale.args["argv"][0] == "kubectl"
