@@ -411,7 +411,9 @@ class Runner:
             scope = self._scope(params, verdict)
             for index, step in enumerate(playbook.steps):
                 await self._step(index, step, scope, applied, emit, params)
-            status, code, message = "applied", EXIT_OK, "applied and verified"
+            verified = any(s.kind == "verify" for s in playbook.steps)
+            status, code = "applied", EXIT_OK
+            message = "applied and verified" if verified else "applied"
         except Busy as error:
             return refuse("busy", EXIT_BUSY, str(error))
         except _Failed as failed:
