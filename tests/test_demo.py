@@ -26,3 +26,31 @@ def test_headless_demo_finds_both_verdicts_fixes_them_and_cleans_up(tmp_path: Pa
     # The lab it started is gone: no state file, no control socket left.
     assert not (tmp_path / "demo" / "lab" / "lab.json").exists()
     assert (tmp_path / "demo" / "lab" / "quell.db").exists()
+
+    # The post-incident report of the surge, from the demo's own store.
+    store = tmp_path / "demo" / "lab" / "quell.db"
+    md = tmp_path / "report" / "surge.md"
+    made = subprocess.run(
+        quell_command("report", "1", "--store", str(store), "--out", str(md)),
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    text = md.read_text()
+    assert text.startswith("# Incident 1: producer_surge on gateway")
+    assert "playbook tighten-limits" in text and "-> 5" in text  # before -> after values
+    assert "## Capacity advice" in text and "service capacity now" in text
+    for chart in ("rates", "depth", "wait"):
+        svg = (md.parent / f"surge-{chart}.svg").read_text()
+        assert svg.startswith("<svg") and "<polyline" in svg
+    page = tmp_path / "report" / "latest.html"
+    made = subprocess.run(
+        quell_command("report", "--store", str(store), "--out", str(page)),
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "consumer_slowdown" in page.read_text() and page.read_text().count("<svg") == 3
+    bad = subprocess.run(
+        quell_command("report", "99", "--store", str(store), "--out", str(md)),
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "no incident 99" in bad.stderr
