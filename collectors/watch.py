@@ -115,3 +115,56 @@ def lab_topology(state: Mapping[str, object]) -> Topology:
         },
         preset="quell-gateway",
     )
+
+
+@dataclass(frozen=True)
+class PrometheusTopology:
+    """One watched queue read through a Prometheus server: selectors instead of URLs.
+
+    ``queue`` selects the series of the server holding the queue; ``replicas``
+    those of the servers behind it, one replica per ``instance`` label.
+    """
+
+    name: str
+    prometheus_url: str
+    queue: str
+    replicas: str | None = None
+    preset: str | None = None
+
+
+async def watch_prometheus(
+    topology: PrometheusTopology,
+    interval_s: float = 1.0,
+    duration_s: float | None = None,
+    client: httpx.AsyncClient | None = None,
+) -> AsyncIterator[Observation]:
+    """The same observations as ``watch``, from PromQL queries."""
+    from collectors.prometheus import PrometheusQuery
+
+    own_client = client is None
+    http = client or httpx.AsyncClient(timeout=httpx.Timeout(3.0, connect=1.0), trust_env=False)
+    try:
+        queue = PrometheusQuery(
+            topology.prometheus_url, topology.queue, http, preset=topology.preset
+        )
+        replicas = (
+            PrometheusQuery(topology.prometheus_url, topology.replicas, http)
+            if topology.replicas
+            else None
+        )
+        started = time.monotonic()
+        next_tick = started
+        while duration_s is None or time.monotonic() - started < duration_s:
+            now = time.time()
+            queue_results = await queue.collect(now, {})
+            replica_results = await replicas.collect(now, {}) if replicas is not None else {}
+            yield observation(
+                now,
+                [s for result in queue_results.values() for s in result.samples],
+                {name: result.samples for name, result in replica_results.items()},
+            )
+            next_tick += interval_s
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+    finally:
+        if own_client:
+            await http.aclose()

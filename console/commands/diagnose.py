@@ -35,13 +35,42 @@ def register(subparsers: Any) -> None:
         help="a replica behind --url (repeatable), for hot-replica and per-replica evidence",
     )  # fmt: skip
     diagnose.add_argument("--preset", help="the preset of --url when detection is not wanted")
+    diagnose.add_argument(
+        "--source",
+        metavar="prometheus=URL",
+        help="read the queue through a Prometheus server instead of scraping it",
+    )
+    diagnose.add_argument(
+        "--queue",
+        default='{job="gateway"}',
+        metavar="SELECTOR",
+        help='with --source: the series of the server holding the queue (default {job="gateway"})',
+    )
+    diagnose.add_argument(
+        "--replicas",
+        default='{job="engines"}',
+        metavar="SELECTOR",
+        help='with --source: the servers behind it, one per instance (default {job="engines"})',
+    )
     diagnose.set_defaults(handler=run_diagnose)
 
 
 def _topology(args: argparse.Namespace) -> Any:
-    from collectors.watch import Topology, lab_topology
+    from collectors.watch import PrometheusTopology, Topology, lab_topology
     from inference.lab.state import LabNotRunning, read_state
 
+    if args.source:
+        kind, sep, url = args.source.partition("=")
+        if kind != "prometheus" or not sep or not url.startswith(("http://", "https://")):
+            raise UsageError(f"--source takes prometheus=http://HOST:9090, got {args.source!r}")
+        from collectors.prometheus import PrometheusError, check_selector
+
+        try:
+            queue = check_selector(args.queue)
+            behind = check_selector(args.replicas) if args.replicas else None
+        except PrometheusError as error:
+            raise UsageError(str(error)) from None
+        return PrometheusTopology("gateway", url, queue, behind, args.preset)
     if args.url:
         replicas = {}
         for item in args.replica:
@@ -68,10 +97,15 @@ def run_diagnose(args: argparse.Namespace) -> int:
     diagnoser = Diagnoser(topology.name)
 
     async def sample() -> int:
-        from collectors.watch import watch
+        from collectors.watch import PrometheusTopology, watch, watch_prometheus
 
         ticks = 0
-        async for observation in watch(topology, duration_s=args.window):
+        observations = (
+            watch_prometheus(topology, duration_s=args.window)
+            if isinstance(topology, PrometheusTopology)
+            else watch(topology, duration_s=args.window)
+        )
+        async for observation in observations:
             if not observation.signals:
                 continue
             ticks += 1
@@ -80,10 +114,11 @@ def run_diagnose(args: argparse.Namespace) -> int:
 
     try:
         ticks = asyncio.run(sample())
-    except SourceError as error:
+    except (SourceError, ValueError) as error:
         raise UsageError(str(error)) from None
     if ticks == 0:
-        print(f"quell: no signals read from {topology.queue_url}", file=sys.stderr)
+        where = getattr(topology, "queue_url", None) or getattr(topology, "prometheus_url", "")
+        print(f"quell: no signals read from {where}", file=sys.stderr)
         return ERROR
     verdict = diagnoser.verdict
     advice = capacity_advice(list(diagnoser.window), diagnoser.baseline)
