@@ -36,6 +36,10 @@ class Rule:
     for_s: float
     severity: str = "warning"
     summary: str = ""
+    # A firing alert resolves only after the condition has stayed false this
+    # long (Prometheus' keep_firing_for): a trend that comes and goes from one
+    # tick to the next must not page as a stream of fire/resolve pairs.
+    clear_s: float = 0.0
 
     def holds(self, value: float | None) -> bool:
         if value is None:
@@ -57,7 +61,7 @@ DEFAULT_RULES = (
     Rule("gpu_utilization_high", "gpu_utilization_percent", ">=", 85.0, 300, "warning",
          "GPU at least 85% busy for 5 minutes"),
     Rule("time_to_full_short", "time_to_full", "<=", 60.0, 0, "critical",
-         "the works queue will be full within a minute at the current imbalance"),
+         "the works queue will be full within a minute at the current imbalance", 15.0),
 )  # fmt: skip
 
 
@@ -117,6 +121,7 @@ def alert_values(assessment: Assessment, observation: Observation) -> dict[str, 
 class _State:
     pending_since: float | None = None
     firing_since: float | None = None
+    clear_since: float | None = None
 
 
 class Alerter:
@@ -135,15 +140,20 @@ class Alerter:
             state = self._states.setdefault((rule.name, target), _State())
             value = values.get(rule.signal)
             if rule.holds(value):
+                state.clear_since = None
                 if state.pending_since is None:
                     state.pending_since = now
                 if state.firing_since is None and now - state.pending_since >= rule.for_s:
                     state.firing_since = now
                     out.append(self._note("firing", rule, target, value, state.pending_since, now))
-            else:
-                if state.firing_since is not None:
+            elif state.firing_since is not None:
+                if state.clear_since is None:
+                    state.clear_since = now
+                if now - state.clear_since >= rule.clear_s:
                     out.append(self._note("resolved", rule, target, value, state.firing_since, now))
-                state.pending_since = state.firing_since = None
+                    state.pending_since = state.firing_since = state.clear_since = None
+            else:
+                state.pending_since = None
         out.extend(self._verdict_changes(target, now, verdict))
         return out
 

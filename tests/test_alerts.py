@@ -65,6 +65,20 @@ def test_trend_rule_fires_at_once_on_a_short_time_to_full() -> None:
     assert alerter.evaluate("gateway", 1.0, {"time_to_full": 20.0}, None) == []
 
 
+def test_a_trend_that_comes_and_goes_fires_once_and_resolves_once() -> None:
+    alerter = Alerter([r for r in DEFAULT_RULES if r.name == "time_to_full_short"])
+    flapping = [25.0, None, None, 30.0, None, 20.0, None, None, None] * 3 + [None] * 20
+    notes = [
+        n
+        for t, ttf in enumerate(flapping)
+        for n in alerter.evaluate("gateway", float(t), {"time_to_full": ttf}, None)
+    ]
+    assert [(n.status, n.at) for n in notes] == [
+        ("firing", 0.0),
+        ("resolved", 39.0),
+    ]  # 15 s after the last short reading
+
+
 def verdict(cause: str) -> Verdict:
     return Verdict("gateway", cause, 0.9, 100.0, 12.0, {"offered_rate": 80}, ("tighten-limits",))
 
