@@ -304,7 +304,6 @@ def _list(args: argparse.Namespace) -> int:
         ]
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="playbooks", show_lines=False)
@@ -318,8 +317,15 @@ def _list(args: argparse.Namespace) -> int:
             ", ".join(q.name for q in p.params),
             p.description.split(". ")[0].rstrip(".") + ".",
         )
-    Console().print(table)
+    _console().print(table)
     return 0
+
+
+def _console() -> Any:
+    """A terminal's own width; 160 columns into a pipe or a file, so rows stay whole."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -346,7 +352,6 @@ def _history(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(runs, indent=2, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"playbook runs in {path}")
@@ -367,5 +372,5 @@ def _history(args: argparse.Namespace) -> int:
             run["status"],
             summary,
         )
-    Console().print(table)
+    _console().print(table)
     return 0
