@@ -148,12 +148,16 @@ class Config:
 def load_config(path: Path | str) -> Config:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as problem:
         raise ConfigError(f"cannot read {path}: {problem.strerror or problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as problem:
+    except ValueError as problem:
+        # TOMLDecodeError, or an integer past Python's 4300-digit limit,
+        # which tomllib lets through as a plain ValueError.
         raise ConfigError(f"{path}: not valid TOML: {problem}") from None
     return parse_config(data, base=path.resolve().parent, origin=str(path))
 
@@ -199,7 +203,10 @@ class _Reader:
         value = table.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(f"{where}.{key}", f"must be a number, got {value!r}")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            number = math.inf
         too_low = number <= low if low_open else number < low
         if not math.isfinite(number) or too_low or number > high:
             bound = f"above {low:g}" if low_open else f"at least {low:g}"
@@ -233,7 +240,11 @@ class _Reader:
         return value
 
     def path(self, table: Mapping[str, Any], key: str, where: str) -> Path:
-        path = Path(self.text(table, key, where)).expanduser()
+        text = self.text(table, key, where)
+        try:
+            path = Path(text).expanduser()
+        except RuntimeError:  # "~someone/..." for a user this machine does not have
+            raise self.fail(f"{where}.{key}", f"no home directory for {text!r}") from None
         return path if path.is_absolute() else self.base / path
 
     def name(self, table: Mapping[str, Any], where: str, default: str | None = None) -> str:
@@ -253,8 +264,9 @@ class _Reader:
         for index, entry in enumerate(self.array(table.get("alerts", []), "playbooks.alerts")):
             where = f"playbooks.alerts[{index}]"
             alert = self.table(entry, where, ("labels", "playbook", "params"))
-            labels = self.table(alert.get("labels", {}), f"{where}.labels", list(
-                alert.get("labels", {})))  # fmt: skip
+            labels = alert.get("labels", {})
+            if not isinstance(labels, Mapping):
+                labels = self._not_table(f"{where}.labels")
             if not labels or not all(isinstance(v, str) for v in labels.values()):
                 raise self.fail(f"{where}.labels", "must map label names to text, e.g. "
                                 "{ alertname = \"QuellQueueFilling\" }")  # fmt: skip

@@ -1,5 +1,8 @@
 """The daemon's own HTTP endpoint: /metrics for Prometheus, /status for people and scripts.
 
+/openapi.json describes the endpoint (collectors/openapi.py); every error,
+a POST route's included, is ``{"error": {"message", "type", "code"}}``.
+
 /metrics carries two things:
 
 - every series the daemon collected on its last tick, re-exported as a gauge
@@ -36,6 +39,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from collectors.model import Sample
+from collectors.openapi import daemon_document
 from collectors.signals import SIGNALS
 
 MAX_SERIES_PER_TARGET = 2000
@@ -51,9 +55,11 @@ WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 # thread, so it must hand real work to the daemon's loop and return.
 PostRoute = Callable[[bytes, Mapping[str, str]], tuple[int, Mapping[str, Any]]]
 MAX_POST_BYTES = 1 << 20
+REQUEST_TIMEOUT_S = 10.0
+GET_PATHS = ("/metrics", "/status", "/openapi.json")
 _REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
-            404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
-            503: "Service Unavailable"}  # fmt: skip
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            413: "Payload Too Large", 503: "Service Unavailable"}  # fmt: skip
 
 
 def metric_name(series: str) -> str:
@@ -185,20 +191,54 @@ class _Server6(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A client that opens a connection and trickles (or never sends) its
+    # request would otherwise hold a server thread for good.
+    timeout = REQUEST_TIMEOUT_S
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every few seconds are not news; the daemon's log stays readable."""
 
 
+_ERROR_KINDS = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("authentication_error", "unauthorized"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    408: ("invalid_request_error", "request_timeout"),
+    413: ("invalid_request_error", "request_too_large"),
+    503: ("server_error", "unavailable"),
+}
+
+
+def error_answer(status: int, message: str) -> dict[str, Any]:
+    """The OpenAI error shape the bundled servers use, so one client check reads them all."""
+    kind, code = _ERROR_KINDS.get(
+        status, ("server_error" if status >= 500 else "invalid_request_error", None)
+    )
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def _shaped(status: int, answer: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A route's ``{"error": "text"}`` in the shared error shape."""
+    error = answer.get("error")
+    if status >= 400 and isinstance(error, str):
+        return error_answer(status, error)
+    return answer
+
+
 def _post(route: PostRoute, environ: dict[str, Any]) -> tuple[int, Mapping[str, Any]]:
-    if environ.get("REQUEST_METHOD") != "POST":
-        return 405, {"error": "use POST"}
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
+        length = -1
+    if length < 0:
         return 400, {"error": "bad Content-Length"}
     if length > MAX_POST_BYTES:
         return 413, {"error": f"body over {MAX_POST_BYTES} bytes"}
-    body = environ["wsgi.input"].read(length) if length else b""
+    try:
+        body = environ["wsgi.input"].read(length) if length else b""
+    except OSError:
+        return 408, {"error": f"the body did not arrive within {REQUEST_TIMEOUT_S:g} s"}
     headers = {
         k[5:].replace("_", "-").lower(): str(v) for k, v in environ.items() if k.startswith("HTTP_")
     }
@@ -215,24 +255,41 @@ def _app(
     metrics = make_wsgi_app(registry)
     routes = routes if routes is not None else {}
 
+    def answer(
+        start_response: StartResponse,
+        code: int,
+        payload: Mapping[str, Any],
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> list[bytes]:
+        start_response(
+            f"{code} {_REASONS.get(code, 'Error')}",
+            [("Content-Type", "application/json"), *headers],
+        )
+        return [json.dumps(payload, indent=2).encode() + b"\n"]
+
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        method = environ.get("REQUEST_METHOD", "GET")
         route = routes.get(path)
         if route is not None:
-            code, answer = _post(route, environ)
-            start_response(
-                f"{code} {_REASONS.get(code, 'Error')}", [("Content-Type", "application/json")]
-            )
-            return [json.dumps(answer).encode() + b"\n"]
+            if method != "POST":
+                return answer(start_response, 405, error_answer(405, f"use POST on {path}"),
+                              [("Allow", "POST")])  # fmt: skip
+            code, reply = _post(route, environ)
+            return answer(start_response, code, _shaped(code, reply))
+        if path not in GET_PATHS:
+            message = f"no route for {path}; the daemon serves {', '.join(GET_PATHS)}"
+            if routes:
+                message += f" and POST {', '.join(sorted(routes))}"
+            return answer(start_response, 404, error_answer(404, message))
+        if method not in ("GET", "HEAD"):
+            return answer(start_response, 405, error_answer(405, f"use GET on {path}"),
+                          [("Allow", "GET, HEAD")])  # fmt: skip
         if path == "/status":
-            body = json.dumps(status(), indent=2).encode() + b"\n"
-            start_response("200 OK", [("Content-Type", "application/json")])
-            return [body]
-        if path == "/metrics":
-            return metrics(environ, start_response)  # type: ignore[no-any-return]
-        body = b"quell collect: /metrics (Prometheus), /status (JSON)\n"
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [body]
+            return answer(start_response, 200, status())
+        if path == "/openapi.json":
+            return answer(start_response, 200, daemon_document(routes))
+        return metrics(environ, start_response)  # type: ignore[no-any-return]
 
     return app
 

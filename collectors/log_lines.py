@@ -87,7 +87,9 @@ class LogRule:
             raise ValueError(f"log rule {name!r} needs a pattern")
         try:
             compiled = re.compile(pattern)
-        except re.error as problem:
+        except (re.error, OverflowError, RecursionError) as problem:
+            # OverflowError: a repeat count such as a{4294967296};
+            # RecursionError: groups nested thousands deep.
             raise ValueError(f"log rule {name!r}: bad pattern: {problem}") from None
         kind = entry.get("kind", name)
         severity = entry.get("severity", "warning")
@@ -108,7 +110,8 @@ class Finding:
 def _json_line(line: str) -> list[Finding] | None:
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: "[[[[..." nested past the interpreter's limit.
         return None
     if not isinstance(record, dict):
         return None

@@ -116,7 +116,12 @@ async def send_json(
 
 
 def dumps(payload: object) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        # JSON may spell a lone surrogate ("\ud800") that UTF-8 cannot; a
+        # model name or a body echoed back must not turn into a 500.
+        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
@@ -186,6 +191,10 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise HttpError(
             400, f"request body is not valid JSON: {exc}", code="invalid_json"
         ) from None
+    except RecursionError:
+        # "[[[[..." a few hundred thousand deep fits in 1 MiB and would
+        # otherwise be a 500 with a traceback.
+        raise HttpError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise HttpError(
             400,

@@ -66,6 +66,9 @@ def check(text: str) -> ast.expr:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as error:
         raise ExpressionError(f"cannot parse {text.strip()!r}: {error.msg}") from None
+    except (UnicodeError, ValueError, RecursionError, MemoryError):
+        # A lone surrogate (YAML makes two of an escaped emoji) or a null byte.
+        raise ExpressionError(f"cannot parse {text.strip()!r}: not valid text") from None
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS:

@@ -8,6 +8,7 @@ it is in the middle of an incident.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from importlib import resources
@@ -89,13 +90,18 @@ def duration(value: Any, where: str) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{where} must be a duration such as 30s or 5m, got {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"{where} must be from 0 to 24h, got a number that large") from None
     else:
         match = DURATION.match(str(value))
         if not match:
             raise ValueError(f"{where} must be a duration such as 30s or 5m, got {value!r}")
         unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2) or "s"]
         seconds = float(match.group(1)) * unit
+    if not math.isfinite(seconds):
+        raise ValueError(f"{where} must be from 0 to 24h, got {value!r}")
     if not 0 <= seconds <= 86400:
         raise ValueError(f"{where} must be from 0 to 24h, got {value!r}")
     return seconds
@@ -309,8 +315,9 @@ def coerce(param: Param, value: Any) -> Any:
             if not isinstance(value, str | int | float) or isinstance(value, bool):
                 raise ValueError
             result = str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where} must be {_article(param.type)}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
+        raise ValueError(f"{where} must be {_article(param.type)}, got {shown}") from None
     if param.type in ("int", "float"):
         if param.min is not None and result < param.min:
             raise ValueError(f"{where} must be at least {param.min:g}, got {result!r}")

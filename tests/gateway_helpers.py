@@ -66,11 +66,13 @@ def gateway_config(
     *,
     keys: Mapping[str, Mapping[str, Any]] | None = None,
     admin_in_file: bool = False,
+    upstream_key_env: str | None = None,
     **sections: Mapping[str, Any],
 ) -> Path:
     """Write a gateway config into ``directory`` and return its path.
 
-    ``keys`` adds settings (limits) to the standard test keys by name.
+    ``keys`` adds settings (limits) to the standard test keys by name;
+    ``upstream_key_env`` names the variable holding the upstreams' bearer key.
     """
     extra = keys or {}
     config: dict[str, Any] = {
@@ -87,15 +89,18 @@ def gateway_config(
         {"name": name, "sha256": digest(secret), "priority": priority, **extra.get(name, {})}
         for name, (secret, priority) in KEYS.items()
     ]
-    config["upstreams"] = [{"name": name, "url": url} for name, url in upstreams.items()]
+    key_env = {"api_key_env": upstream_key_env} if upstream_key_env else {}
+    config["upstreams"] = [{"name": name, "url": url, **key_env} for name, url in upstreams.items()]
     path = directory / "gateway.toml"
     path.write_text(toml_text(config))
     return path
 
 
 @contextmanager
-def gateway(config: Path, admin_token: str | None = ADMIN_TOKEN) -> Iterator[RunningServer]:
-    env = {"QUELL_GATEWAY_ADMIN_TOKEN": admin_token or ""}
+def gateway(
+    config: Path, admin_token: str | None = ADMIN_TOKEN, env: Mapping[str, str] | None = None
+) -> Iterator[RunningServer]:
+    env = {"QUELL_GATEWAY_ADMIN_TOKEN": admin_token or "", **(env or {})}
     with running(quell_command("gateway", "serve", "--config", str(config)), env) as server:
         yield server
 

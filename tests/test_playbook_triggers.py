@@ -87,7 +87,7 @@ def test_an_alertmanager_notification_starts_its_playbook_once(
         wrong = httpx.post(hook, json=alert_payload("a1"), headers={"Authorization": "Bearer x"})
         assert wrong.status_code == 401
         bad = httpx.post(hook, content=b"{", headers={"Authorization": f"Bearer {SECRET}"})
-        assert bad.status_code == 400 and "JSON" in bad.json()["error"]
+        assert bad.status_code == 400 and "JSON" in bad.json()["error"]["message"]
         auth = {"Authorization": f"Bearer {SECRET}"}
         first = httpx.post(hook, json=alert_payload("a1b2c3"), headers=auth)
         assert first.status_code == 202, first.text

@@ -33,8 +33,10 @@ from inference.engine.chat_request import ChatRequest, parse_chat_request
 from inference.engine.config import EngineConfig
 from inference.engine.faults import Faults, InvalidFault, validate_changes
 from inference.engine.metrics import EngineMetrics
+from inference.engine.openapi import engine_document
 from inference.engine.scheduler import InjectedFailure, QueueFull, Scheduler, Sequence
 from inference.engine.tokens import generate_words, prompt_digest, prompt_tokens
+from inference.openapi import document_handler
 
 log = logging.getLogger("quell.engine")
 
@@ -60,6 +62,7 @@ class EngineApp:
         self.router.add("GET", "/v1/models", self.models)
         self.router.add("GET", "/health", self.health)
         self.router.add("GET", "/metrics", self.prometheus)
+        self.router.add("GET", "/openapi.json", document_handler(engine_document(config)))
         self.router.add("GET", "/admin/state", self.admin_state)
         self.router.add("POST", "/admin/faults", self.admin_set_faults)
         self.router.add("DELETE", "/admin/faults", self.admin_clear_faults)

@@ -80,9 +80,11 @@ def prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
 def prompt_digest(messages: Iterable[Mapping[str, Any]]) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     for message in messages:
-        h.update(str(message.get("role", "")).encode())
+        # surrogatepass: JSON may carry a lone surrogate ("\ud800") that
+        # strict UTF-8 refuses; it is still part of the prompt.
+        h.update(str(message.get("role", "")).encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
-        h.update(content_text(message.get("content")).encode())
+        h.update(content_text(message.get("content")).encode("utf-8", "surrogatepass"))
         h.update(b"\x01")
     return h.digest()
 

@@ -37,11 +37,13 @@ from inference.gateway.cache import ResponseCache, cache_key
 from inference.gateway.config import PRIORITIES, ConfigError, GatewayConfig
 from inference.gateway.keys import ApiKey, KeyRing
 from inference.gateway.metrics import GatewayMetrics
+from inference.gateway.openapi import gateway_document
 from inference.gateway.proxy import Forwarded, Forwarder, retry_after_headers
 from inference.gateway.request_body import RequestBody, parse_request_body
 from inference.gateway.slow_clients import SlowClients
 from inference.gateway.token_bucket import TokenBucket
 from inference.gateway.upstreams import UpstreamPool
+from inference.openapi import document_handler
 
 log = logging.getLogger("quell.gateway")
 
@@ -163,6 +165,7 @@ class GatewayApp:
         self.router.add("GET", "/v1/models", self.models)
         self.router.add("GET", "/health", self.health)
         self.router.add("GET", "/metrics", self.prometheus)
+        self.router.add("GET", "/openapi.json", document_handler(gateway_document(config)))
         self.admin.add_routes(self.router)
 
     # -- ASGI plumbing ---------------------------------------------------

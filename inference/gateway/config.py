@@ -23,6 +23,11 @@ LIMIT_FIELDS = ("requests_per_second", "burst", "tokens_per_minute")
 MAX_WORKERS = 100_000
 MAX_CAPACITY = 10_000_000
 MAX_RATE = 1e9
+# The shortest timeout, interval or window an upstream may have. Below it a
+# breaker's window buckets round to zero seconds (found by fuzzing the admin
+# API with breaker_window_s = 5e-324: a ZeroDivisionError, a 500, for every
+# request that touched the upstream).
+MIN_SECONDS = 0.001
 
 
 class ConfigError(ValueError):
@@ -160,17 +165,26 @@ def priority(where: str, value: Any) -> str:
 
 def name(where: str, value: Any) -> str:
     result = text(where, value)
-    if any(c.isspace() or c in '/"\\' for c in result) or len(result) > 64:
+    # Names go into headers, metric labels and log lines: printable only.
+    if (
+        any(c.isspace() or c in '/"\\' for c in result)
+        or not result.isprintable()
+        or len(result) > 64
+    ):
         raise ConfigError(
-            f"{where} must be at most 64 characters without spaces, slashes or quotes, "
-            f"got {value!r}"
+            f"{where} must be at most 64 printable characters without spaces, slashes or "
+            f"quotes, got {value!r}"
         )
     return result
 
 
 def upstream_url(where: str, value: Any) -> str:
     raw = text(where, value)
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        # "http://[(": an unclosed IPv6 bracket (found by fuzzing the admin API).
+        raise ConfigError(f"{where} is not a URL: {value!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where} must be an http:// or https:// URL, got {value!r}")
     if parts.query or parts.fragment:
@@ -338,17 +352,15 @@ def upstream_settings(
     health_path = text(f"{where}.health_path", get("health_path"))
     if not health_path.startswith("/"):
         raise ConfigError(f"{where}.health_path must start with '/', got {health_path!r}")
+
+    def seconds(key: str, high: float) -> float:
+        return number(f"{where}.{key}", get(key), MIN_SECONDS, high)
+
     return UpstreamSettings(
-        connect_timeout_s=number(
-            f"{where}.connect_timeout_s", get("connect_timeout_s"), 0.0, 600.0, above_low=True
-        ),
-        read_timeout_s=number(
-            f"{where}.read_timeout_s", get("read_timeout_s"), 0.0, 3600.0, above_low=True
-        ),
+        connect_timeout_s=seconds("connect_timeout_s", 600.0),
+        read_timeout_s=seconds("read_timeout_s", 3600.0),
         health_path=health_path,
-        health_interval_s=number(
-            f"{where}.health_interval_s", get("health_interval_s"), 0.0, 3600.0, above_low=True
-        ),
+        health_interval_s=seconds("health_interval_s", 3600.0),
         breaker_consecutive_failures=whole(
             f"{where}.breaker_consecutive_failures",
             get("breaker_consecutive_failures"),
@@ -358,15 +370,11 @@ def upstream_settings(
         breaker_error_ratio=number(
             f"{where}.breaker_error_ratio", get("breaker_error_ratio"), 0.0, 1.0, above_low=True
         ),
-        breaker_window_s=number(
-            f"{where}.breaker_window_s", get("breaker_window_s"), 0.0, 86400.0, above_low=True
-        ),
+        breaker_window_s=seconds("breaker_window_s", 86400.0),
         breaker_min_requests=whole(
             f"{where}.breaker_min_requests", get("breaker_min_requests"), 1, 1_000_000_000
         ),
-        breaker_cooldown_s=number(
-            f"{where}.breaker_cooldown_s", get("breaker_cooldown_s"), 0.0, 86400.0, above_low=True
-        ),
+        breaker_cooldown_s=seconds("breaker_cooldown_s", 86400.0),
     )
 
 
@@ -439,7 +447,9 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> GatewayConf
             raw = tomllib.load(handle)
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
+    except ValueError as error:
+        # TOMLDecodeError, and what tomllib lets through as it is: text that
+        # is not UTF-8, an integer past Python's 4300-digit limit.
         raise ConfigError(f"{path} is not valid TOML: {error}") from None
     try:
         config = parse_config(raw, os.environ if env is None else env)

@@ -229,7 +229,7 @@ def _upstream_message(data: bytes) -> str | None:
     try:
         payload = json.loads(data)
         message = payload["error"]["message"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         return None
     return message if isinstance(message, str) else None
 

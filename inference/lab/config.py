@@ -76,6 +76,27 @@ class LabConfig:
     keys: tuple[KeySpec, ...] = DEFAULT_KEYS
 
 
+def _finite(value: float) -> bool:
+    """math.isfinite that answers False for an integer too large for a float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _key_limit(entry: dict[str, Any], key: str, where: str, whole: bool) -> Any:
+    value = entry.get(key, 0)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int if whole else int | float)
+        or not _finite(value)
+        or value < 0
+    ):
+        kind = "a whole number" if whole else "a number"
+        raise LabConfigError(f"{where}.{key} must be {kind} >= 0, got {value!r}")
+    return value
+
+
 def _section(cls: type, table: Any, where: str) -> Any:
     if not isinstance(table, dict):
         raise LabConfigError(f"{where} must be a table")
@@ -89,8 +110,8 @@ def _section(cls: type, table: Any, where: str) -> Any:
             raise LabConfigError(f"{where}.{key} must be a number")
         if isinstance(default, int) and not isinstance(value, int):
             raise LabConfigError(f"{where}.{key} must be a whole number")
-        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise LabConfigError(f"{where}.{key} must be a number >= 0")
+        if not isinstance(value, int | float) or not _finite(value) or value < 0:
+            raise LabConfigError(f"{where}.{key} must be a finite number >= 0")
         values[key] = value
     section = cls(**values)
     for key in ("slots", "workers", "kv_tokens"):
@@ -102,7 +123,9 @@ def _section(cls: type, table: Any, where: str) -> Any:
 def parse_lab_config(text: str, source: str) -> LabConfig:
     try:
         table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
+    except ValueError as error:
+        # TOMLDecodeError, or an integer past Python's 4300-digit limit,
+        # which tomllib lets through as a plain ValueError.
         raise LabConfigError(f"{source}: not valid TOML: {error}") from None
     unknown = sorted(set(table) - {"replicas", "engine", "gateway", "keys"})
     if unknown:
@@ -129,8 +152,8 @@ def parse_lab_config(text: str, source: str) -> LabConfig:
                 KeySpec(
                     entry["name"],
                     entry.get("priority", "standard"),
-                    float(entry.get("requests_per_second", 0)),
-                    int(entry.get("burst", 0)),
+                    float(_key_limit(entry, "requests_per_second", where, whole=False)),
+                    int(_key_limit(entry, "burst", where, whole=True)),
                 )
             )
         keys = tuple(parsed)
@@ -146,6 +169,9 @@ def load_lab_config(path: Path | None) -> LabConfig:
     if path is None:
         return LabConfig()
     try:
-        return parse_lab_config(path.read_text(), str(path))
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise LabConfigError(f"cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise LabConfigError(f"{path}: not UTF-8 text") from None
+    return parse_lab_config(text, str(path))

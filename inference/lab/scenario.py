@@ -63,6 +63,7 @@ CAUSES = (
 )
 CLIENTS = ("none", "naive_retry", "backoff")
 ENGINE_SETTINGS = ("slowdown", "stalled", "error_rate", "dependency_ms", "slots")
+MAX_TOKENS = 1_000_000
 
 
 class ScenarioError(ValueError):
@@ -207,11 +208,22 @@ def _expect(table: dict[str, Any], key: str, kinds: type | tuple[type, ...], whe
     return value
 
 
+def _finite(value: float) -> bool:
+    """math.isfinite that answers False for an integer too large for a float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _number(table: dict[str, Any], key: str, where: str, default: float | None = None,
             low: float = 0.0, high: float = math.inf) -> float:  # fmt: skip
     if key not in table and default is not None:
         return default
-    value = float(_expect(table, key, (int, float), where))
+    raw = _expect(table, key, (int, float), where)
+    if not _finite(raw):
+        raise ScenarioError(f"{where}: '{key}' must be between {low:g} and {high:g}")
+    value = float(raw)
     if not math.isfinite(value) or not low <= value <= high:
         raise ScenarioError(f"{where}: '{key}' must be between {low:g} and {high:g}, got {value:g}")
     return value
@@ -229,12 +241,14 @@ def _distribution(value: Any, where: str, default: Distribution) -> Distribution
     if value is None:
         return default
     if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= MAX_TOKENS:
+            raise ScenarioError(f"{where}: must be from 1 to {MAX_TOKENS}, got {value}")
         return Distribution("constant", value, low=value, high=value)
     if not isinstance(value, dict):
         raise ScenarioError(f"{where}: must be a whole number or a table with 'dist'")
     kind = value.get("dist")
-    low = int(_number(value, "min", where, default=1, low=1))
-    high = int(_number(value, "max", where, default=1_000_000, low=low))
+    low = int(_number(value, "min", where, default=1, low=1, high=MAX_TOKENS))
+    high = int(_number(value, "max", where, default=MAX_TOKENS, low=low, high=MAX_TOKENS))
     if kind == "constant":
         _check_keys(value, {"dist", "value"}, where)
         n = _number(value, "value", where, low=1)
@@ -255,7 +269,8 @@ def _distribution(value: Any, where: str, default: Distribution) -> Distribution
 
 def _key_mix(value: Any, where: str) -> tuple[tuple[str, float], ...]:
     if not isinstance(value, dict) or not all(
-        isinstance(w, int | float) and not isinstance(w, bool) and w > 0 for w in value.values()
+        isinstance(w, int | float) and not isinstance(w, bool) and w > 0 and _finite(w)
+        for w in value.values()
     ):
         raise ScenarioError(f"{where}: 'keys' must map key names to positive weights")
     return tuple((str(k), float(w)) for k, w in value.items())
@@ -302,7 +317,7 @@ def _traffic(table: Any, where: str) -> Traffic:
     for index, point in enumerate(raw_profile):
         ok = isinstance(point, list) and len(point) == 2
         ok = ok and all(isinstance(x, int | float) and not isinstance(x, bool) for x in point)
-        if not ok or point[0] < 0 or point[1] < 0 or not all(math.isfinite(x) for x in point):
+        if not ok or point[0] < 0 or point[1] < 0 or not all(_finite(x) for x in point):
             raise ScenarioError(
                 f"{where}: profile[{index}] must be [seconds, level] with both >= 0, got {point!r}"
             )
@@ -396,7 +411,9 @@ def _fault(table: Any, where: str) -> FaultStep:
 def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     try:
         table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
+    except ValueError as error:
+        # TOMLDecodeError, or an integer past Python's 4300-digit limit,
+        # which tomllib lets through as a plain ValueError.
         raise ScenarioError(f"{source}: not valid TOML: {error}") from None
     _check_keys(
         table,
@@ -422,8 +439,11 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     if not isinstance(faults, list):
         raise ScenarioError(f"{source}: 'faults' must be an array of tables ([[faults]])")
     steps = tuple(_fault(f, f"{source}: faults[{i}]") for i, f in enumerate(faults))
+    raw_precursors = table.get("precursors", [])
+    if not isinstance(raw_precursors, list):
+        raise ScenarioError(f"{source}: 'precursors' must be an array of tables")
     precursors = []
-    for index, entry in enumerate(table.get("precursors", [])):
+    for index, entry in enumerate(raw_precursors):
         where = f"{source}: precursors[{index}]"
         if not isinstance(entry, dict) or entry.get("cause") not in CAUSES[1:]:
             raise ScenarioError(f"{where} needs a cause, one of {', '.join(CAUSES[1:])}")
@@ -455,9 +475,12 @@ def load_scenario(name_or_path: str) -> Scenario:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         try:
-            return parse_scenario(path.read_text(), str(path))
+            text = path.read_text(encoding="utf-8")
         except OSError as error:
             raise ScenarioError(f"cannot read {path}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise ScenarioError(f"{path}: not UTF-8 text") from None
+        return parse_scenario(text, str(path))
     folder = resources.files("inference.lab") / "scenarios"
     candidate = folder / f"{name_or_path}.toml"
     if not candidate.is_file():
