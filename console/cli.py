@@ -6,11 +6,23 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from console.commands import collect, diagnose, engine, gateway, lab, load, play, probe
+from console.commands import (
+    collect,
+    console,
+    demo,
+    diagnose,
+    engine,
+    gateway,
+    lab,
+    load,
+    play,
+    probe,
+    report,
+)
 from console.errors import UsageError
 from console.version import VERSION
 
-GROUPS = (engine, gateway, lab, load, collect, probe, diagnose, play)
+GROUPS = (demo, engine, gateway, lab, load, collect, probe, diagnose, play, report, console)
 
 
 def build_parser() -> argparse.ArgumentParser:
