@@ -59,7 +59,7 @@ async def test_number_keys_and_tab_move_between_the_screens(recorded: Path) -> N
             ("4", "gpu", "No GPU to show"),
             ("5", "logs", "upstream_timeout"),
             ("6", "diagnosis", "capacity advice"),
-            ("7", "playbooks", "quell play --list"),
+            ("7", "playbooks", "tighten-limits"),
             ("8", "incidents", "incident 1 · gateway · producer_surge"),
         ):
             await pilot.press(key)
@@ -231,18 +231,19 @@ async def test_help_and_palette_come_from_the_command_table(recorded: Path) -> N
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot, app)
         titles = [c.title for c in app.get_system_commands(app.screen)]
-        assert "Show Logs" in titles and "Run a recommended playbook" in titles
-        assert "Play/pause replay" in titles
+        assert "Show Logs" in titles and "Play/pause replay" in titles
+        # Playbooks act on live systems: a replayed recording offers none to run.
+        assert "Run a playbook" not in titles
         await pilot.press("question_mark")
         await pilot.pause()
         assert isinstance(app.screen, HelpScreen)
         text = screen_text(app)
-        assert "view.logs" in text and "playbook.run" in text and "replay.play" in text
+        assert "view.logs" in text and "replay.play" in text
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, HelpScreen)
-        await pilot.press("r")  # an action: opens Playbooks with the recommendation
-        assert app.view_id == "playbooks"
+        await pilot.press("r")
+        assert app.view_id == "overview"
 
 
 async def test_read_only_hides_every_action(recorded: Path) -> None:
@@ -251,7 +252,7 @@ async def test_read_only_hides_every_action(recorded: Path) -> None:
         await settle(pilot, app)
         assert "r runs the first" not in screen_text(app)
         titles = [c.title for c in app.get_system_commands(app.screen)]
-        assert "Run a recommended playbook" not in titles and "Show Logs" in titles
+        assert "Run a playbook" not in titles and "Show Logs" in titles
         await pilot.press("r")
         assert app.view_id == "overview"
         await pilot.press("question_mark")
@@ -260,7 +261,7 @@ async def test_read_only_hides_every_action(recorded: Path) -> None:
         assert "playbook.run" not in text and "read-only: actions hidden" in text
         await pilot.press("escape", "7")
         await settle(pilot, app)
-        assert "read-only: actions are hidden" in screen_text(app)
+        assert "read-only: playbooks can be planned here, not run" in screen_text(app)
 
 
 async def test_keys_are_rebound_by_id_from_the_settings(recorded: Path) -> None:

@@ -129,6 +129,7 @@ class QuellConsole(App[int]):
         self.advice: dict[str, AdviceView] = {}
         self.view_id = VIEWS[0].id
         self.event_log: deque[Event] = deque(maxlen=EVENTS_KEPT)
+        self._playbook_runner: Any = None
         self._replay_from = replay_from
         self._speed = speed
         self._playing = playing
@@ -382,6 +383,13 @@ class QuellConsole(App[int]):
 
             assert isinstance(view, LogsView)
             view.add_events(list(self.event_log), reset=True)
+        if view_id == "playbooks":
+            from console.tui.views.playbooks import PlaybooksView
+
+            assert isinstance(view, PlaybooksView)
+            runs = await self._playbook_runs()
+            view.load(runs.catalog, runs.problem)
+            self.run_worker(self._load_history(), group="playbooks")
         return view
 
     def _update(self, snapshot: Snapshot) -> Update:
@@ -583,17 +591,133 @@ class QuellConsole(App[int]):
 
     # -- actions ------------------------------------------------------------------------
 
+    async def _playbook_runs(self) -> Any:
+        if self._playbook_runner is None:
+            from console.tui.playbook_runs import ConsolePlaybooks
+
+            self._playbook_runner = await asyncio.to_thread(
+                ConsolePlaybooks, self.plan, self.read_only
+            )
+        return self._playbook_runner
+
+    def _playbooks_view(self) -> Any:
+        from console.tui.views.playbooks import PlaybooksView
+
+        return self.query_one(PlaybooksView)
+
+    async def _load_history(self) -> None:
+        runs = await self._playbook_runs()
+        view = self._playbooks_view()
+        view.history = await runs.history()
+        view.show_detail()
+
+    def _verdict(self) -> Any:
+        verdicts = self.snapshot.verdicts if self.snapshot else ()
+        return verdicts[0] if verdicts else None
+
+    async def action_plan_playbook(self) -> None:
+        await self.action_show_view("playbooks")
+        view = self._playbooks_view()
+        name = view.selected()
+        if name is None:
+            return
+        self.run_worker(self._plan(name), group="playbooks", exclusive=True)
+
+    async def _plan(self, name: str) -> Any:
+        from playbooks.runner import Plan
+
+        runs = await self._playbook_runs()
+        view = self._playbooks_view()
+        view.plan_problem = ""
+        found = await runs.plan(name, self._verdict())
+        if isinstance(found, Plan):
+            view.plan = found
+        else:
+            view.plan, view.plan_problem = None, found
+        view.show_detail()
+        return found
+
     async def action_run_playbook(self) -> None:
         if self.read_only:
             return
+        was_here = self.view_id == "playbooks"
         await self.action_show_view("playbooks")
-        verdicts = self.snapshot.verdicts if self.snapshot else ()
-        if verdicts and verdicts[0].playbooks:
-            first = verdicts[0]
-            self.notify(
-                f"{first.playbooks[0]} for {first.target}: run it with `quell play "
-                f"{first.playbooks[0]}` until this screen runs playbooks itself",
-                timeout=6,
-            )
+        view = self._playbooks_view()
+        runs = await self._playbook_runs()
+        if runs.busy:
+            self.notify("a playbook is running; wait for it to finish", timeout=3)
+            return
+        name = view.selected() if was_here else None
+        if name is None:
+            verdict = self._verdict()
+            if verdict is None or not verdict.playbooks:
+                self.notify("no verdict open: select a playbook and press r", timeout=3)
+                return
+            name = verdict.playbooks[0]
+            view.select(name)
+        self.run_worker(self._confirm_and_run(name), group="playbooks", exclusive=True)
+
+    async def _confirm_and_run(self, name: str) -> None:
+        from console.tui.views.playbooks import ConfirmPlan, plan_text
+        from playbooks.runner import Plan
+
+        verdict = self._verdict()
+        found = await self._plan(name)
+        if not isinstance(found, Plan):
+            return
+        title = f"Run {name}? These values change now:"
+        if not await self.push_screen_wait(ConfirmPlan(title, plan_text(found), found.dangerous)):
+            self._playbooks_view().add_output(f"{name}: not confirmed, nothing changed")
+            return
+        view = self._playbooks_view()
+        view.started(name)
+        runs = await self._playbook_runs()
+
+        def on_event(event: dict[str, Any]) -> None:
+            from console.tui.views.playbooks import event_line
+
+            view.add_output(event_line(event))
+
+        outcome = await runs.run(name, verdict, on_event)
+        if outcome.result is None:
+            view.add_output(outcome.problem)
+            self.notify(outcome.problem, severity="error", timeout=6)
         else:
-            self.notify("no verdict open: nothing recommended to run", timeout=3)
+            result = outcome.result
+            view.add_output(f"{result.status}: {result.message} (run {result.run_id})")
+            self.notify(f"{name}: {result.status}", timeout=4,
+                        severity="information" if result.exit_code == 0 else "error")  # fmt: skip
+        await self._load_history()
+
+    async def action_undo_playbook(self) -> None:
+        if self.read_only:
+            return
+        self.run_worker(self._confirm_and_undo(), group="playbooks", exclusive=True)
+
+    async def _confirm_and_undo(self) -> None:
+        from rich.text import Text
+
+        from console.tui.views.playbooks import ConfirmPlan
+
+        runs = await self._playbook_runs()
+        view = self._playbooks_view()
+        last = await runs.last_applied()
+        if last is None:
+            self.notify("no applied run to undo", timeout=3)
+            return
+        changed = [c for c in last.get("changes", []) if not c.get("unchanged")]
+        body = Text()
+        for change in reversed(changed):
+            body.append(f"{change['knob']}: {change['after']} -> {change['before']}\n")
+        title = f"Undo run {last['id']} ({last['playbook']})? These values go back:"
+        if not await self.push_screen_wait(ConfirmPlan(title, body)):
+            return
+        view.started(f"undo of run {last['id']}")
+        outcome = await runs.rollback(int(last["id"]))
+        if outcome.result is None:
+            view.add_output(outcome.problem)
+        else:
+            for change in outcome.result.changes:
+                view.add_output(f"  {change.knob}: {change.before} -> {change.after}")
+            view.add_output(f"{outcome.result.status}: {outcome.result.message}")
+        await self._load_history()

@@ -68,6 +68,7 @@ def _view_commands() -> tuple[Command, ...]:
 
 
 _REPLAY = frozenset((REPLAY,))
+_LIVE = frozenset((LIVE,))
 
 COMMANDS: tuple[Command, ...] = (
     *_view_commands(),
@@ -122,8 +123,14 @@ COMMANDS: tuple[Command, ...] = (
             modes=_REPLAY, group="replay"),
     Command("replay.live", "l", "Back to live", "leave the replay and follow the collector "
             "again", "back_to_live", modes=_REPLAY, group="replay"),
-    Command("playbook.run", "r", "Run a recommended playbook", "open Playbooks with the "
-            "verdict's first recommendation (asks before changing anything)", "run_playbook",
+    Command("playbook.run", "r", "Run a playbook", "on Playbooks the selected one, elsewhere "
+            "the verdict's first recommendation; shows current -> new values and asks first",
+            "run_playbook", modes=_LIVE, mutating=True, group="actions"),
+    Command("playbooks.plan", "enter", "Plan playbook", "what the selected playbook would "
+            "change now (current -> new); changes nothing", "plan_playbook",
+            views=("playbooks",), modes=_LIVE, group="actions"),
+    Command("playbooks.undo", "u", "Undo the last run", "put back the values the last applied "
+            "run changed (asks first)", "undo_playbook", views=("playbooks",), modes=_LIVE,
             mutating=True, group="actions"),
 )  # fmt: skip
 

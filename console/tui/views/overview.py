@@ -8,6 +8,7 @@ from textual.containers import Vertical, VerticalScroll
 
 from console.tui import units
 from console.tui.chart import level_bar
+from console.tui.keys import LIVE
 from console.tui.snapshot import TargetView
 from console.tui.views.base import Update, View
 from console.tui.widgets.banner import VerdictBanner, full_in
@@ -94,7 +95,11 @@ class OverviewView(View):
         snapshot = update.snapshot
         queues = snapshot.queues
         self.query_one(VerdictBanner).set_verdicts(
-            queues, snapshot.now, update.read_only, update.key("playbook.run")
+            # Playbooks run on live systems only: no key to offer in a replay.
+            queues,
+            snapshot.now,
+            update.read_only or update.mode != LIVE,
+            update.key("playbook.run"),
         )
         holder = self.query_one("#queue-panels", VerticalScroll)
         names = tuple(q.name for q in queues)
