@@ -81,6 +81,11 @@ class Thresholds:
     excess_ratio: float = 1.1  # lambda above mu by this factor...
     excess_min: float = 0.5  # ...and by at least this many requests/s
     rising_per_s: float = 0.5  # depth growth that counts as rising
+    # A queue that grew on nearly every tick of the trend window, by this much
+    # in all, is itself the proof that arrivals exceed completions (depth is
+    # their running difference), before the rates differ by excess_ratio.
+    climb_min: float = 5.0
+    climb_t: float = 4.0  # the trend's slope over its standard error
     open_after_ticks: int = 4  # sustained ticks before a verdict opens
     open_fast_occupancy: float = 0.5  # ...or fewer when the queue is this full
     open_fast_ticks: int = 2
@@ -184,6 +189,23 @@ def slope(points: Sequence[tuple[float, float]]) -> float | None:
     if spread == 0:
         return None
     return sum((t - mean_t) * (v - mean_v) for t, v in points) / spread
+
+
+def slope_t(points: Sequence[tuple[float, float]]) -> float | None:
+    """The least-squares slope over its standard error: how sure the trend is."""
+    if len(points) < 4:
+        return None
+    growth = slope(points)
+    if growth is None:
+        return None
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_v = sum(v for _, v in points) / len(points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    residual = sum((v - mean_v - growth * (t - mean_t)) ** 2 for t, v in points)
+    error = math.sqrt(residual / (len(points) - 2) / spread)
+    if error == 0:
+        return math.inf if growth > 0 else -math.inf if growth < 0 else 0.0
+    return growth / error
 
 
 def time_to_full(capacity: float | None, depth: float | None, offered: float | None,
@@ -318,6 +340,16 @@ def assess(window: Sequence[Observation], baseline: Baseline, t: Thresholds) -> 
         and offered - completed > t.excess_min
     )
     growing = depth_slope is not None and depth_slope > t.rising_per_s
+    depths = [v for _, v in trend]
+    climbing = (
+        len(depths) >= t.slope_ticks
+        and depths[-1] - depths[0] >= t.climb_min
+        and (slope_t(trend) or 0.0) >= t.climb_t
+        and offered is not None
+        and completed is not None
+        and offered - completed > t.excess_min
+    )
+    excess = excess or climbing
     pinned = occupancy is not None and occupancy >= 0.9 and queue_full > 0
     # Completions of the latest tick alone: a stall is a cliff, and averaging
     # it with the ticks before only delays seeing it.
@@ -438,6 +470,8 @@ def assess(window: Sequence[Observation], baseline: Baseline, t: Thresholds) -> 
         or (occupancy is not None and occupancy >= t.open_fast_occupancy and imbalanced)
         or (imbalanced and service_ratio is not None and service_ratio >= 2.0)
         or (imbalanced and arrivals_ratio is not None and arrivals_ratio >= 2.5)
+        # A queue climbing tick after tick is no burst either: a burst is a step.
+        or (imbalanced and climbing)
     )
     evidence["strong"] = strong
     return Assessment(

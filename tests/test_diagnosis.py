@@ -21,6 +21,7 @@ from collectors.diagnosis import (
     capacity_advice,
     drain_time,
     slope,
+    slope_t,
     time_to_full,
 )
 
@@ -261,6 +262,26 @@ def test_time_to_full_and_drain_time() -> None:
 def test_slope_of_a_line_and_of_too_little() -> None:
     assert slope([(0, 1), (1, 3), (2, 5), (3, 7)]) == pytest.approx(2.0)
     assert slope([(0, 1), (1, 2)]) is None
+
+
+def test_slope_t_tells_a_steady_climb_from_a_jagged_one() -> None:
+    steady = [(float(t), 5.0 * t) for t in range(6)]
+    jagged = [(0.0, 0.0), (1.0, 9.0), (2.0, 0.0), (3.0, 9.0), (4.0, 2.0), (5.0, 14.0)]
+    noisy_climb = [(0.0, 0.0), (1.0, 2.0), (2.0, 8.0), (3.0, 16.0), (4.0, 24.0), (5.0, 31.0)]
+    assert slope_t(steady) == float("inf")
+    assert (slope_t(noisy_climb) or 0) > 10
+    assert (slope_t(jagged) or 0) < 2
+    assert slope_t(steady[:3]) is None
+
+
+def test_a_ramp_opens_on_the_climb_before_the_rates_part_by_ten_percent() -> None:
+    # Arrivals cross capacity at ONSET and keep climbing 0.5 req/s each second.
+    ramp = Lab(offered=lambda t: CAPACITY_RPS + 0.5 * (t - ONSET))
+    _, changes = ramp.run(ONSET + 30)
+    verdict = first_verdict(changes)
+    assert verdict.verdict.cause == "producer_surge"
+    # The rates differ by excess_ratio (10%) only ~9 s after the crossing.
+    assert delay(verdict) <= 9.0
 
 
 def test_capacity_advice_follows_littles_law() -> None:
