@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from collectors.log_lines import FORMATS, LogRule
 
-TARGET_KINDS = ("http", "redis", "rabbitmq")
+TARGET_KINDS = ("http", "redis", "rabbitmq", "prometheus")
 MAX_NAME = 100
 
 
@@ -70,6 +70,8 @@ class TargetConfig:
     # The queue this target serves behind (an engine behind its gateway):
     # diagnosis reads it as one of that queue's replicas, not as a queue.
     replica_of: str | None = None
+    # kind "prometheus": the series selector read back from the server at url.
+    selector: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +363,9 @@ class _Reader:
         )
 
     def target(self, value: Any, where: str) -> TargetConfig:
-        table = self.table(value, where, ("name", "url", "preset", "kind", "replica_of"))
+        table = self.table(
+            value, where, ("name", "url", "preset", "kind", "replica_of", "selector")
+        )
         name = self.name(table, where)
         url = self.text(table, "url", where)
         kind = self.text(table, "kind", where, "http")
@@ -377,6 +381,7 @@ class _Reader:
             "http": ("http", "https"),
             "redis": ("redis",),
             "rabbitmq": ("rabbitmq+http", "rabbitmq+https", "http", "https"),
+            "prometheus": ("http", "https"),
         }[kind]
         if scheme not in allowed:
             schemes = ", ".join(f"{s}://" for s in allowed)
@@ -387,7 +392,17 @@ class _Reader:
         replica_of = table.get("replica_of")
         if replica_of is not None and (not isinstance(replica_of, str) or not replica_of):
             raise self.fail(f"{where}.replica_of", "must name another target")
-        return TargetConfig(name=name, url=url, preset=preset, kind=kind, replica_of=replica_of)
+        selector = table.get("selector")
+        if (kind == "prometheus") != (selector is not None):
+            raise self.fail(
+                f"{where}.selector",
+                "a prometheus target needs a series selector such as '{job=\"gateway\"}', "
+                "and only a prometheus target takes one",
+            )
+        if selector is not None and (not isinstance(selector, str) or not selector.strip()):
+            raise self.fail(f"{where}.selector", f"must be a series selector, got {selector!r}")
+        return TargetConfig(name=name, url=url, preset=preset, kind=kind, replica_of=replica_of,
+                            selector=selector)  # fmt: skip
 
     def host(self, value: Any) -> HostConfig:
         table = self.table(value, "host", ("enabled", "watch", "listen_ports"))

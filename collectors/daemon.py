@@ -119,7 +119,14 @@ def build_sources(
 
     try:
         for target in config.targets:
-            spec: Hashable = ("target", target.name, target.url, target.preset, target.kind)
+            spec: Hashable = (
+                "target",
+                target.name,
+                target.url,
+                target.preset,
+                target.kind,
+                target.selector,
+            )
             if not reused(spec):
                 new(_target(config, client, target, spec))
         host = config.host
@@ -157,6 +164,16 @@ def _target(
     preset = target.preset
     if target.kind == "rabbitmq" and preset is None and target.url.startswith("http"):
         preset = "rabbitmq"
+    if target.kind == "prometheus":
+        from collectors.prometheus import PrometheusError, PrometheusTarget
+
+        try:
+            reader = PrometheusTarget(target.url, target.selector or "", client, preset=preset,
+                                      name=target.name)  # fmt: skip
+        except PrometheusError as problem:
+            raise ConfigError(f"{config.origin}: target {target.name!r}: {problem}") from None
+        shown = f"prometheus {redact(target.url)} {target.selector}"
+        return Source(target.name, target.kind, spec, shown, reader)
     try:
         collector = open_source(
             target.url, client, preset=preset, name=target.name, timeout_s=config.daemon.timeout_s

@@ -26,7 +26,7 @@ import httpx
 
 from collectors.exposition import Family, Scrape
 from collectors.http import redact
-from collectors.model import OK, CollectResult, Labels, Sample, error
+from collectors.model import OK, CollectResult, Labels, Sample, error, labels_from
 from collectors.presets import PROMETHEUS_PRESETS, canonical, detect, extract
 from collectors.readings import Converter
 
@@ -175,3 +175,54 @@ def _key(labels: Mapping[str, str]) -> str:
 
 def _labels_of(key: str) -> dict[str, str]:
     return dict(part.split("\x01", 1) for part in key.split("\x00")) if key else {}
+
+
+class PrometheusTarget:
+    """A collector for the daemon: one selector's series as one target's samples."""
+
+    def __init__(
+        self,
+        base_url: str,
+        selector: str,
+        client: httpx.AsyncClient,
+        *,
+        preset: str | None = None,
+        name: str = "",
+    ) -> None:
+        self.name = name or selector
+        self._query = PrometheusQuery(base_url, selector, client, preset=preset)
+
+    async def collect(self, now: float) -> CollectResult:
+        started = time.perf_counter()
+        results = await self._query.collect(now, {})
+        samples = [
+            Sample(s.series, labels_from({**dict(s.labels), "target": self.name}), s.ts, s.value)
+            for result in results.values()
+            for s in result.samples
+        ]
+        problems = [r.status for r in results.values() if r.status != OK]
+        if not results:
+            status = error(f"{self.name}: no series match {self._query.selector}")
+        elif problems and not samples:
+            status = problems[0]
+        else:
+            status = OK
+        return CollectResult(samples, [], status, time.perf_counter() - started)
+
+    async def close(self) -> None:
+        """The HTTP client belongs to the daemon."""
+
+
+async def instances(base_url: str, selector: str, client: httpx.AsyncClient) -> list[str]:
+    """The ``instance`` labels of the series a selector matches now."""
+    query = f"count by (instance) ({check_selector(selector)})"
+    try:
+        response = await client.get(f"{base_url.rstrip('/')}/api/v1/query", params={"query": query})
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as problem:
+        raise PrometheusError(f"{redact(base_url)}: {problem}") from None
+    if body.get("status") != "success":
+        raise PrometheusError(f"{redact(base_url)}: {body.get('error', 'query failed')}")
+    return sorted(
+        str(item["metric"].get("instance", "")) for item in body.get("data", {}).get("result", [])
+    )

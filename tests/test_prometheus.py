@@ -165,6 +165,17 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             assert wait_gone(lab_pids(state)) == []
 
 
+def targets_up(prometheus: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]
+        health = [t["health"] for t in targets["activeTargets"]]
+        if len(health) == 4 and set(health) == {"up"}:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"Prometheus targets not up: {targets}")
+
+
 SURGE = """
 name = "surge"
 cause = "producer_surge"
@@ -188,15 +199,7 @@ def test_prometheus_gives_the_local_verdict_and_an_alert_runs_its_playbook_once(
 ) -> None:
     state = fleet["state"]
     prometheus = fleet["prometheus"]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]
-        health = [t["health"] for t in targets["activeTargets"]]
-        if len(health) == 4 and set(health) == {"up"}:
-            break
-        time.sleep(0.5)
-    else:
-        raise AssertionError(f"Prometheus targets not up: {targets}")
+    targets_up(prometheus)
     scenario = parse_scenario(SURGE)
     traffic = scenario.traffic
     capacity = lab_capacity_rps(state, traffic.prompt_tokens.mean(), traffic.max_tokens.mean())
@@ -250,3 +253,39 @@ def test_prometheus_gives_the_local_verdict_and_an_alert_runs_its_playbook_once(
     assert runs[0]["status"] == "applied", (runs[0], output)
     assert problems == []
     assert SECRET not in output
+
+
+def test_the_console_source_reads_the_queue_and_each_replica_back(
+    fleet: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from collectors.config import load_config
+    from collectors.daemon import build_sources
+    from collectors.http import make_client
+    from collectors.watch import signals_of
+    from console.commands.console import prometheus_config
+
+    monkeypatch.setenv("QUELL_STATE_DIR", str(tmp_path))
+    targets_up(fleet["prometheus"])
+    config = load_config(prometheus_config(f"prometheus={fleet['prometheus']}",
+                                           '{job="gateway"}', '{job="engines"}'))  # fmt: skip
+    assert [(t.name, t.kind, t.replica_of) for t in config.targets] == [
+        ("gateway", "prometheus", None),
+        ("replica-0", "prometheus", "gateway"),
+        ("replica-1", "prometheus", "gateway"),
+    ]
+
+    async def two_ticks() -> dict[str, dict[str, float]]:
+        async with make_client() as client:
+            sources = build_sources(config, client)
+            seen: dict[str, dict[str, float]] = {}
+            for _ in range(3):  # rates need two scrapes Prometheus made
+                for source in sources:
+                    result = await source.collector.collect(time.time())
+                    seen[source.name] = signals_of(result.samples)
+                await asyncio.sleep(1.2)
+            return seen
+
+    seen = asyncio.run(two_ticks())
+    assert {"depth", "capacity", "offered_rate"} <= set(seen["gateway"]), seen["gateway"]
+    assert seen["gateway"]["capacity"] == 128
+    assert "running" in seen["replica-0"] and "running" in seen["replica-1"]

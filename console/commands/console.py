@@ -34,6 +34,23 @@ def register(subparsers: Any) -> None:
         "--config", type=Path, metavar="FILE",
         help="collect in-process from this daemon config instead of the lab",
     )  # fmt: skip
+    source.add_argument(
+        "--source",
+        metavar="prometheus=URL",
+        help="read the queue through a Prometheus server (with --queue and --replicas)",
+    )
+    console.add_argument(
+        "--queue",
+        default='{job="gateway"}',
+        metavar="SELECTOR",
+        help='with --source: the series of the server holding the queue (default {job="gateway"})',
+    )
+    console.add_argument(
+        "--replicas",
+        default='{job="engines"}',
+        metavar="SELECTOR",
+        help='with --source: the servers behind it, one per instance (default {job="engines"})',
+    )
     console.add_argument(
         "--read-only", action="store_true",
         help="hide and refuse every action that would change the watched system",
@@ -64,6 +81,8 @@ def run_console(args: argparse.Namespace) -> int:
         raise UsageError(str(problem)) from None
     if args.theme:
         settings = dataclasses.replace(settings, theme=args.theme)
+    if args.source:
+        args.config = prometheus_config(args.source, args.queue, args.replicas)
     plan = plan_feed(store=args.store, replay=args.replay, config=args.config)
     if plan.kind != "collect":
 
@@ -88,3 +107,48 @@ def run_console(args: argparse.Namespace) -> int:
         app = QuellConsole(plan, settings, read_only=args.read_only, logs=logs, speed=args.speed)
         code = app.run()
     return int(code or app.return_code or 0)
+
+
+def prometheus_config(source: str, queue: str, replicas: str) -> Path:
+    """A collector config that reads the queue and each replica back from Prometheus.
+
+    The console collects it in process like any config, into its own store
+    under the state directory, so replay and incidents work the same way.
+    """
+    import asyncio
+    import json
+
+    import httpx
+
+    from collectors.prometheus import PrometheusError, check_selector, instances
+    from inference.lab.state import ensure_private_dir, state_dir
+
+    kind, sep, url = source.partition("=")
+    if kind != "prometheus" or not sep or not url.startswith(("http://", "https://")):
+        raise UsageError(f"--source takes prometheus=http://HOST:9090, got {source!r}")
+
+    async def replica_instances() -> list[str]:
+        async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+            return await instances(url, replicas, client)
+
+    try:
+        check_selector(queue)
+        found = asyncio.run(replica_instances()) if replicas else []
+    except PrometheusError as error:
+        raise UsageError(str(error)) from None
+    directory = ensure_private_dir(state_dir() / "prometheus")
+    base = replicas.strip().rstrip("}")
+    lines = [
+        "[store]", f"path = {json.dumps(str(directory / 'quell.db'))}",
+        "[host]", "enabled = false", "[gpu]", "enabled = false",
+        "[[targets]]", 'name = "gateway"', 'kind = "prometheus"', f"url = {json.dumps(url)}",
+        f"selector = {json.dumps(queue)}",
+    ]  # fmt: skip
+    for index, instance in enumerate(found):
+        selector = f'{base}{"," if base.strip("{") else ""}instance="{instance}"}}'
+        lines += ["[[targets]]", f'name = "replica-{index}"', 'kind = "prometheus"',
+                  f"url = {json.dumps(url)}", f"selector = {json.dumps(selector)}",
+                  'replica_of = "gateway"']  # fmt: skip
+    path = directory / "console.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
