@@ -86,6 +86,7 @@ class Demo:
         self.daemon: Any = None
         self.diagnosis: Any = None
         self._daemon_task: asyncio.Task[int] | None = None
+        self._lab: asyncio.subprocess.Process | None = None
         self._started = 0.0
         self._env = {**os.environ, "QUELL_STATE_DIR": str(directory)}
 
@@ -99,12 +100,6 @@ class Demo:
 
     # -- the lab and the collector loop ------------------------------------
 
-    def _quell(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: S603 - our own interpreter and fixed arguments
-            [sys.executable, "-m", "console", *args],
-            capture_output=True, text=True, timeout=timeout, env=self._env,
-        )  # fmt: skip
-
     async def start(self) -> None:
         from collectors.config import lab_config
         from collectors.daemon import Daemon
@@ -114,9 +109,7 @@ class Demo:
         self._started = time.monotonic()
         os.environ["QUELL_STATE_DIR"] = str(self.dir)
         self.emit("phase", "starting the lab: a gateway and two engines on loopback")
-        result = await asyncio.to_thread(self._quell, "lab", "up", "--detach")
-        if result.returncode != 0:
-            raise RuntimeError(f"the lab did not start: {result.stderr.strip()}")
+        await self._start_lab()
         self.state = read_state()
         config = lab_config(self.state)
         from dataclasses import replace
@@ -128,14 +121,51 @@ class Demo:
         self._daemon_task = asyncio.create_task(self.daemon.run(install_signals=False))
         self.emit("phase", f"collecting every second into {self.store_path}")
 
+    async def _start_lab(self) -> None:
+        """The lab as a child that dies with this process, however this process ends.
+
+        A detached lab would outlive a demo whose terminal hung up; the
+        supervisor gets SIGTERM from the kernel instead (PR_SET_PDEATHSIG,
+        set in the child, tied to this thread: the one running the loop).
+        """
+        from inference.lab.state import LabNotRunning, lab_dir, read_state
+        from inference.lab.supervisor import _die_with_parent
+
+        lab_dir().mkdir(parents=True, exist_ok=True)
+        log = (lab_dir() / "demo-supervisor.log").open("wb")
+        self._lab = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "console", "lab", "up",
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=self._env, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self._lab.returncode is not None:
+                text = (lab_dir() / "demo-supervisor.log").read_text(errors="replace")
+                raise RuntimeError(f"the lab did not start: {text.strip()[-500:]}")
+            with contextlib.suppress(LabNotRunning, OSError, ValueError):
+                if read_state().get("status") == "ready":
+                    return
+            await asyncio.sleep(0.2)
+        raise RuntimeError("the lab did not become ready within 60 s")
+
     async def stop(self) -> None:
         if self.daemon is not None:
             self.daemon.request_stop()
         if self._daemon_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._daemon_task, 10)
-        if self.state:
-            await asyncio.to_thread(self._quell, "lab", "down")
+        lab = self._lab
+        if lab is not None and lab.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                lab.terminate()
+            try:
+                await asyncio.wait_for(lab.wait(), 20)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    lab.kill()
+                await lab.wait()
 
     # -- the script ----------------------------------------------------------
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
+from tests.conftest import require_program
+from tests.lab_helpers import lab_pids, wait_gone
 from tests.servers import quell_command
+from tests.test_console_terminal import Tmux, wait_for_screen
 
 
 def test_headless_demo_finds_both_verdicts_fixes_them_and_cleans_up(tmp_path: Path) -> None:
@@ -54,3 +58,23 @@ def test_headless_demo_finds_both_verdicts_fixes_them_and_cleans_up(tmp_path: Pa
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert bad.returncode == 2 and "no incident 99" in bad.stderr
+
+
+def test_the_demo_on_screen_asks_before_a_playbook_and_leaves_nothing_when_its_terminal_goes(
+    tmp_path: Path,
+) -> None:
+    tmux = Tmux(require_program("tmux", "tmux"))
+    env = f"QUELL_STATE_DIR={tmp_path / 'elsewhere'} TERM=xterm-256color"
+    command = " ".join(quell_command("demo", "--keep", str(tmp_path / "demo")))
+    tmux("new-session", "-d", "-x", "110", "-y", "34", "-s", "console", f"exec env {env} {command}")
+    try:
+        pid = int(tmux("display-message", "-p", "-t", "console", "#{pane_pid}").strip())
+        # The surge starts at 0.12 of 90 s; the verdict, then the question.
+        screen = wait_for_screen(tmux, "Run tighten-limits?", "-> ", "y apply", within_s=60)
+        assert "IMBALANCE" in screen and "producer_surge" in screen
+        lab = json.loads((tmp_path / "demo" / "lab" / "lab.json").read_text())
+        pids = lab_pids(lab)
+        tmux.kill_server()  # an SSH session drops with the question still open
+        assert wait_gone([pid, *pids], timeout=15) == [], "the demo left processes behind"
+    finally:
+        tmux.kill_server()

@@ -39,15 +39,9 @@ def register(subparsers: Any) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     if not args.headless:
-        import importlib
+        from console.tui.demo_screen import run_console_demo
 
-        try:
-            screen = importlib.import_module("console.tui.demo_screen")
-        except ImportError:
-            print("quell: the console is not available here; running --headless", file=sys.stderr)
-        else:
-            code: int = screen.run_console_demo(args)
-            return code
+        return run_console_demo(args)
     return run_headless(args)
 
 

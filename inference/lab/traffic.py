@@ -262,43 +262,51 @@ class Generator:
             self._start = start = time.monotonic()
             results.started_at = time.time()
             ticker = asyncio.create_task(self._tick(on_tick)) if on_tick else None
-            index, count = 0, len(schedule)
-            end = start + scenario.duration_s
-            while index < count:
-                now = time.monotonic()
-                while index < count and start + schedule[index] <= now:
-                    lag = now - (start + schedule[index])
-                    if lag > results.max_lag_s:
-                        results.max_lag_s = lag
-                    if lag > LAG_WARNING_S:
-                        results.late_sends += 1
-                    if now <= end:
-                        results.sent_in_window += 1
-                    task = loop.create_task(self._request(session, schedule[index]))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    results.sent += 1
-                    index += 1
-                if index < count:
-                    # Always yield, even when the next arrival is already due,
-                    # so answers are read while the schedule runs.
-                    await asyncio.sleep(max(0.0, start + schedule[index] - time.monotonic()))
-            remaining = end - time.monotonic()
-            if remaining > 0:
-                await asyncio.sleep(remaining)
-            if tasks:
-                # Answers still owed after the schedule ends are waited for, up
-                # to the request timeout. Requests still retrying after that
-                # are abandoned and counted as such, not left to outlive the run.
-                await asyncio.wait(tasks, timeout=traffic.timeout_s + 1)
+            try:
+                index, count = 0, len(schedule)
+                end = start + scenario.duration_s
+                while index < count:
+                    now = time.monotonic()
+                    while index < count and start + schedule[index] <= now:
+                        lag = now - (start + schedule[index])
+                        if lag > results.max_lag_s:
+                            results.max_lag_s = lag
+                        if lag > LAG_WARNING_S:
+                            results.late_sends += 1
+                        if now <= end:
+                            results.sent_in_window += 1
+                        task = loop.create_task(self._request(session, schedule[index]))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                        results.sent += 1
+                        index += 1
+                    if index < count:
+                        # Always yield, even when the next arrival is already due,
+                        # so answers are read while the schedule runs.
+                        await asyncio.sleep(max(0.0, start + schedule[index] - time.monotonic()))
+                remaining = end - time.monotonic()
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
+                if tasks:
+                    # Answers still owed after the schedule ends are waited for, up
+                    # to the request timeout. Requests still retrying after that
+                    # are abandoned and counted as such, not left to outlive the run.
+                    await asyncio.wait(tasks, timeout=traffic.timeout_s + 1)
+                    for task in list(tasks):
+                        task.cancel()
+                        results.outcomes["abandoned"] += 1
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                # Cancelled mid-run (a demo quit early): no request may outlive
+                # the session it was sent on.
                 for task in list(tasks):
                     task.cancel()
-                    results.outcomes["abandoned"] += 1
-                await asyncio.gather(*tasks, return_exceptions=True)
-            if ticker is not None:
-                ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticker
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                if ticker is not None:
+                    ticker.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ticker
         return results
 
     async def _tick(self, on_tick: Callable[[Results, float], None]) -> None:
