@@ -13,14 +13,18 @@ from tests.servers import quell_command
 from tests.test_console_terminal import Tmux, wait_for_screen
 
 
-def test_headless_demo_finds_both_verdicts_fixes_them_and_cleans_up(tmp_path: Path) -> None:
+def test_the_demo_without_a_terminal_finds_both_verdicts_fixes_them_and_cleans_up(
+    tmp_path: Path,
+) -> None:
     env = {**os.environ, "QUELL_STATE_DIR": str(tmp_path / "elsewhere")}
     done = subprocess.run(
-        quell_command("demo", "--headless", "--duration", "90", "--keep", str(tmp_path / "demo")),
+        # As the README runs it: `quell demo`, here without a terminal, so headless.
+        quell_command("demo", "--duration", "80", "--keep", str(tmp_path / "demo")),
         capture_output=True, text=True, timeout=240, env=env,
     )  # fmt: skip
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
+    assert "no terminal here; running --headless" in done.stderr
     assert "verdict   producer_surge" in out and "verdict   consumer_slowdown" in out
     assert "tighten-limits: applied" in out and "scale-replicas: applied" in out
     assert "recovered tighten-limits verified" in out
