@@ -29,24 +29,10 @@ from pathlib import Path
 
 import psutil
 
+from inference.lab.scenario import lab_traffic_text
+
 ROOT = Path(__file__).resolve().parent.parent
 ERROR_LINE = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b")
-SCENARIO = """
-name = "soak"
-cause = "none"
-onset_s = 0
-duration_s = {duration}
-description = "80% of capacity, steady, for a soak"
-
-[traffic]
-arrival = "poisson"
-unit = "capacity"
-prompt_tokens = {{dist = "lognormal", median = 120, sigma = 0.5, min = 16, max = 2000}}
-max_tokens = {{dist = "uniform", low = 16, high = 48}}
-stream_share = 0.1
-keys = {{interactive = 0.2, standard = 0.6, batch = 0.2}}
-profile = [[0, 0.8]]
-"""
 
 
 def quell(*args: str) -> list[str]:
@@ -133,7 +119,7 @@ def main() -> int:
         if console_pid:
             processes["console"] = psutil.Process(console_pid)
         scenario = work / "soak.toml"
-        scenario.write_text(SCENARIO.format(duration=args.duration))
+        scenario.write_text(lab_traffic_text("soak", [(0, 0.8)], args.duration))
         started = time.time()
         load = subprocess.Popen(
             quell("load", "--scenario", str(scenario), "--quiet", "--out", str(work / "load.json")),

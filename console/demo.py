@@ -175,13 +175,16 @@ class Demo:
 
     async def run(self) -> bool:
         from inference.lab.capacity import lab_capacity_rps
-        from inference.lab.scenario import parse_scenario
+        from inference.lab.scenario import lab_traffic
         from inference.lab.traffic import Generator, Target
 
         d = self.duration_s
-        scenario = parse_scenario(_TRAFFIC.format(
-            duration=d, surge=round(SURGE_AT * d, 1), surge_end=round(SURGE_END * d, 1)
-        ))  # fmt: skip
+        surge, surge_end = round(SURGE_AT * d, 1), round(SURGE_END * d, 1)
+        scenario = lab_traffic(
+            "demo", [(0, 0.6), (surge, 0.6), (surge, 2.0), (surge_end, 2.0), (surge_end, 0.6)],
+            d, cause="producer_surge", onset_s=surge,
+            description="quell demo: a producer surge, then a consumer slowdown",
+        )  # fmt: skip
         traffic = scenario.traffic
         capacity = lab_capacity_rps(
             self.state, traffic.prompt_tokens.mean(), traffic.max_tokens.mean()
@@ -271,7 +274,7 @@ class Demo:
     async def _playbook(self, name: str, verdict: Any, trigger: str) -> Any:
         from collectors.watch import lab_topology
         from inference.lab.state import read_state
-        from playbooks.actions import Context, Endpoint
+        from playbooks.actions import lab_context
         from playbooks.journal import Journal
         from playbooks.loader import load_catalog
         from playbooks.observe import LiveSignals
@@ -279,14 +282,7 @@ class Demo:
 
         playbook = load_catalog()[name]
         self.state = read_state()
-        gateway = self.state["gateway"]
-        ctx = Context(
-            target="gateway",
-            gateway=Endpoint(gateway["url"], gateway["admin_token"]),
-            engines={e["name"]: Endpoint(e["url"], e["admin_token"])
-                     for e in self.state["engines"] if e.get("exit_status") is None},
-            lab_control=Path(self.state["control_socket"]),
-        )  # fmt: skip
+        ctx = lab_context(self.state)
         signals = LiveSignals(lab_topology(self.state))
         journal = Journal(self.store_path)
         runner = Runner(ctx, journal, signals, user="quell-demo")
@@ -319,21 +315,3 @@ class Demo:
             journal.close()
         self.emit("playbook", f"{name}: {result.status} ({result.message}, run {result.run_id})")
         return result
-
-
-_TRAFFIC = """
-name = "demo"
-cause = "producer_surge"
-onset_s = {surge}
-duration_s = {duration}
-description = "quell demo: a producer surge, then a consumer slowdown"
-
-[traffic]
-arrival = "poisson"
-unit = "capacity"
-prompt_tokens = {{dist = "lognormal", median = 120, sigma = 0.5, min = 16, max = 2000}}
-max_tokens = {{dist = "uniform", low = 16, high = 48}}
-stream_share = 0.1
-keys = {{interactive = 0.2, standard = 0.6, batch = 0.2}}
-profile = [[0, 0.6], [{surge}, 0.6], [{surge}, 2.0], [{surge_end}, 2.0], [{surge_end}, 0.6]]
-"""

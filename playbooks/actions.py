@@ -126,6 +126,26 @@ class Context:
         return answer
 
 
+def lab_engines(state: Mapping[str, Any]) -> dict[str, Endpoint]:
+    """The live engines of a lab state (``quell lab status --json``) by name."""
+    return {
+        e["name"]: Endpoint(e["url"], e["admin_token"])
+        for e in state["engines"]
+        if e.get("exit_status") is None
+    }
+
+
+def lab_context(state: Mapping[str, Any], target: str = "gateway") -> Context:
+    """Where actions reach in a running lab: its gateway, engines and supervisor."""
+    gateway = state["gateway"]
+    return Context(
+        target=target,
+        gateway=Endpoint(gateway["url"], gateway["admin_token"]),
+        engines=lab_engines(state),
+        lab_control=Path(state["control_socket"]),
+    )
+
+
 @dataclass(frozen=True)
 class Change:
     """One knob: its value before, the value wanted, and whether they already agree."""
@@ -546,11 +566,7 @@ class LabScale(Action):
         # The supervisor's new engines have new URLs and tokens; later steps
         # of the same run need them.
         answer = await ctx.lab({"op": "status"})
-        ctx.engines = {
-            e["name"]: Endpoint(e["url"], e["admin_token"])
-            for e in answer["state"]["engines"]
-            if e.get("exit_status") is None
-        }
+        ctx.engines = lab_engines(answer["state"])
 
 
 class EngineFault(Action):

@@ -119,6 +119,25 @@ class Plan:
         return out
 
 
+def describe_event(event: Mapping[str, Any]) -> str:
+    """One line for a run's event, as `quell play`, the console and the demo print it."""
+    kind = event.get("event")
+    if kind == "step":
+        return f"step {event['step']}: {event['what']}"
+    if kind == "change":
+        mark = " (unchanged)" if event.get("unchanged") else ""
+        return f"    {event['knob']}: {event['before']} -> {event['after']}{mark}"
+    if kind == "verified":
+        values = ", ".join(f"{k}={v}" for k, v in event.get("values", {}).items())
+        return f"    verified {event['condition']} ({values})"
+    if kind == "undone":
+        return f"    undone {event['knob']}: back to {event['before']}"
+    if kind == "output":
+        return "    " + str(event["output"]).strip().replace("\n", "\n    ")
+    details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("ts", "event"))
+    return f"    {kind}: {details}"
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "none"

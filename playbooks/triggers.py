@@ -24,12 +24,11 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collectors.config import AlertPlaybook, Config, PlaybooksConfig
 from collectors.watch import Topology
-from playbooks.actions import Context, Endpoint
+from playbooks.actions import Context, Endpoint, lab_context
 from playbooks.journal import Journal
 from playbooks.loader import load_catalog
 from playbooks.model import Playbook
@@ -66,16 +65,7 @@ def queue_context(config: Config, queue: str) -> Context:
         state = read_state()
     except LabNotRunning:
         return Context(target=queue)
-    return Context(
-        target=queue,
-        gateway=Endpoint(state["gateway"]["url"], state["gateway"]["admin_token"]),
-        engines={
-            e["name"]: Endpoint(e["url"], e["admin_token"])
-            for e in state["engines"]
-            if e.get("exit_status") is None
-        },
-        lab_control=Path(state["control_socket"]),
-    )
+    return lab_context(state, queue)
 
 
 class Starter:

@@ -19,33 +19,16 @@ import pytest
 
 from collectors.watch import lab_topology
 from inference.lab.capacity import lab_capacity_rps
-from inference.lab.scenario import parse_scenario
+from inference.lab.scenario import lab_traffic
 from inference.lab.traffic import Generator, Target
-from playbooks.actions import Context, Endpoint
+from playbooks.actions import Context, lab_context
 from playbooks.journal import Journal
 from playbooks.loader import load_catalog
 from playbooks.observe import LiveSignals
 from playbooks.runner import Runner, RunResult
 from tests.lab_helpers import lab_pids, lab_state, quell, wait_gone
 
-TRAFFIC = """
-name = "drill"
-cause = "{cause}"
-onset_s = {onset}
-duration_s = {duration}
-description = "a playbook drill"
-
-[traffic]
-arrival = "poisson"
-unit = "capacity"
-prompt_tokens = {{dist = "lognormal", median = 120, sigma = 0.5, min = 16, max = 2000}}
-max_tokens = {{dist = "uniform", low = 16, high = 48}}
-stream_share = 0.1
-keys = {keys}
-profile = {profile}
-"""
 ONSET_S = 12.0
-STEADY_KEYS = "{interactive = 0.2, standard = 0.6, batch = 0.2}"
 LAB_QUEUE = {"workers": 32, "capacity": 128, "timeout_s": 10.0}
 
 
@@ -58,20 +41,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[s
     yield state_dir, state
     quell(state_dir, "lab", "down")
     assert wait_gone(lab_pids(state)) == []
-
-
-def context(state: dict[str, Any]) -> Context:
-    gateway = state["gateway"]
-    return Context(
-        target="gateway",
-        gateway=Endpoint(gateway["url"], gateway["admin_token"]),
-        engines={
-            e["name"]: Endpoint(e["url"], e["admin_token"])
-            for e in state["engines"]
-            if e.get("exit_status") is None
-        },
-        lab_control=Path(state["control_socket"]),
-    )
 
 
 def settle(state_dir: Path) -> dict[str, Any]:
@@ -136,22 +105,20 @@ async def _drill(
     state: dict[str, Any],
     journal_path: Path,
     playbook: str,
-    profile: str,
+    profile: list[tuple[float, float]],
     causes: tuple[str, ...],
     incident: Callable[[Context], Awaitable[None]] | None = None,
-    keys: str = STEADY_KEYS,
+    keys: dict[str, float] | None = None,
     params: dict[str, Any] | None = None,
     prepare: Callable[[Context], Awaitable[None]] | None = None,
 ) -> Drill:
-    scenario = parse_scenario(
-        TRAFFIC.format(cause=causes[0], onset=ONSET_S, duration=120, keys=keys, profile=profile)
-    )
+    scenario = lab_traffic("drill", profile, 120, cause=causes[0], onset_s=ONSET_S, keys=keys)
     traffic = scenario.traffic
     capacity = lab_capacity_rps(state, traffic.prompt_tokens.mean(), traffic.max_tokens.mean())
     target = Target(state["gateway"]["url"], {k["name"]: k["key"] for k in state["keys"]})
     generator = Generator(scenario, target, capacity, seed=11)
     generator.prepare()
-    ctx = context(state)
+    ctx = lab_context(state)
     if prepare is not None:
         await prepare(ctx)
     before = await knobs(ctx)
@@ -214,7 +181,7 @@ def test_tighten_limits_ends_a_producer_surge(
 ) -> None:
     run = drill(
         lab, tmp_path, "tighten-limits",
-        profile=f"[[0, 0.6], [{ONSET_S}, 0.6], [{ONSET_S}, 2.0]]",
+        profile=[(0, 0.6), (ONSET_S, 0.6), (ONSET_S, 2.0)],
         causes=("producer_surge",),
     )  # fmt: skip
     values = check_closed_loop(run)
@@ -227,8 +194,8 @@ def test_tighten_limits_ends_a_producer_surge(
 def test_shed_sheddable_ends_a_mild_surge(lab: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     run = drill(
         lab, tmp_path, "shed-sheddable",
-        profile=f"[[0, 0.5], [{ONSET_S}, 0.5], [{ONSET_S}, 1.25]]",
-        keys="{interactive = 0.2, standard = 0.4, batch = 0.4}",
+        profile=[(0, 0.5), (ONSET_S, 0.5), (ONSET_S, 1.25)],
+        keys={"interactive": 0.2, "standard": 0.4, "batch": 0.4},
         causes=("producer_surge",),
     )  # fmt: skip
     assert check_closed_loop(run)["occupancy"] < 0.7
@@ -245,7 +212,7 @@ def test_scale_replicas_outruns_a_consumer_slowdown(
 ) -> None:
     run = drill(
         lab, tmp_path, "scale-replicas",
-        profile="[[0, 0.6]]",
+        profile=[(0, 0.6)],
         causes=("consumer_slowdown",),
         incident=_slow_every_engine,
     )  # fmt: skip
@@ -266,7 +233,7 @@ def test_cutting_off_a_stalled_replica_restores_goodput(
 ) -> None:
     run = drill(
         lab, tmp_path, playbook,
-        profile="[[0, 0.35]]",
+        profile=[(0, 0.35)],
         causes=("hot_replica", "stalled_consumers"),
         incident=_stall_engine_1,
         params={"upstream": "engine-1"},
@@ -284,7 +251,7 @@ def test_scale_workers_when_the_worker_pool_is_the_bottleneck(
 ) -> None:
     run = drill(
         lab, tmp_path, "scale-workers",
-        profile=f"[[0, 0.15], [{ONSET_S}, 0.15], [{ONSET_S}, 0.5]]",
+        profile=[(0, 0.15), (ONSET_S, 0.15), (ONSET_S, 0.5)],
         causes=("producer_surge", "consumer_slowdown", "dependency_slow", "resource_saturation"),
         prepare=_few_workers,
         params={"factor": 6.0},
@@ -300,12 +267,14 @@ async def _tiny_queue(ctx: Context) -> None:
 def test_raise_queue_capacity_absorbs_bursts(
     lab: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    bursts = ", ".join(
-        f"[{t}, 0.3], [{t}, 3.0], [{t + 1}, 3.0], [{t + 1}, 0.3]" for t in range(6, 120, 6)
-    )
+    bursts = [
+        point
+        for t in range(6, 120, 6)
+        for point in ((t, 0.3), (t, 3.0), (t + 1, 3.0), (t + 1, 0.3))
+    ]
     run = drill(
         lab, tmp_path, "raise-queue-capacity",
-        profile=f"[[0, 0.3], {bursts}]",
+        profile=[(0, 0.3), *bursts],
         causes=("undersized_queue",),
         prepare=_tiny_queue,
         params={"factor": 32.0},

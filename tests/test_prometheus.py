@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from inference.lab.capacity import lab_capacity_rps
-from inference.lab.scenario import parse_scenario
+from inference.lab.scenario import Scenario, lab_traffic
 from inference.lab.traffic import Generator, Target
 from playbooks.journal import Journal
 from tests.lab_helpers import lab_pids, lab_state, quell, wait_gone
@@ -176,22 +176,9 @@ def targets_up(prometheus: str) -> None:
     raise AssertionError(f"Prometheus targets not up: {targets}")
 
 
-SURGE = """
-name = "surge"
-cause = "producer_surge"
-onset_s = 15
-duration_s = 55
-description = "a producer surge for the fleet test"
-
-[traffic]
-arrival = "poisson"
-unit = "capacity"
-prompt_tokens = {dist = "lognormal", median = 120, sigma = 0.5, min = 16, max = 2000}
-max_tokens = {dist = "uniform", low = 16, high = 48}
-stream_share = 0.1
-keys = {interactive = 0.2, standard = 0.6, batch = 0.2}
-profile = [[0, 0.6], [15, 0.6], [15, 2.0]]
-"""
+def surge() -> Scenario:
+    return lab_traffic("surge", [(0, 0.6), (15, 0.6), (15, 2.0)], 55, cause="producer_surge",
+                       onset_s=15)  # fmt: skip
 
 
 def test_prometheus_gives_the_local_verdict_and_an_alert_runs_its_playbook_once(
@@ -200,7 +187,7 @@ def test_prometheus_gives_the_local_verdict_and_an_alert_runs_its_playbook_once(
     state = fleet["state"]
     prometheus = fleet["prometheus"]
     targets_up(prometheus)
-    scenario = parse_scenario(SURGE)
+    scenario = surge()
     traffic = scenario.traffic
     capacity = lab_capacity_rps(state, traffic.prompt_tokens.mean(), traffic.max_tokens.mean())
     target = Target(state["gateway"]["url"], {k["name"]: k["key"] for k in state["keys"]})

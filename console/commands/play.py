@@ -137,23 +137,13 @@ class _Setup:
     def _from_lab(self) -> None:
         from collectors.watch import lab_topology
         from inference.lab.state import LabNotRunning, read_state
-        from playbooks.actions import Context, Endpoint
+        from playbooks.actions import lab_context
 
         try:
             state = read_state()
         except LabNotRunning as error:
             raise UsageError(f"{error}; or give --gateway URL") from None
-        gateway = state["gateway"]
-        self.ctx = Context(
-            target="gateway",
-            gateway=Endpoint(gateway["url"], gateway["admin_token"]),
-            engines={
-                e["name"]: Endpoint(e["url"], e["admin_token"])
-                for e in state["engines"]
-                if e.get("exit_status") is None
-            },
-            lab_control=Path(state["control_socket"]),
-        )
+        self.ctx = lab_context(state)
         self.topology = lab_topology(state)
 
 
@@ -221,7 +211,9 @@ async def _run(
 
     def show(event: dict[str, Any]) -> None:
         if not args.json:
-            print(_event_line(event), flush=True)
+            from playbooks.runner import describe_event
+
+            print(describe_event(event), flush=True)
 
     try:
         if args.rollback is not None:
@@ -256,25 +248,6 @@ async def _run(
         stream = sys.stdout if result.exit_code == 0 else sys.stderr
         print(f"{result.status}: {result.message}{where}", file=stream)
     return result.exit_code
-
-
-def _event_line(event: dict[str, Any]) -> str:
-    kind = event.get("event")
-    if kind == "step":
-        return f"step {event['step']}: {event['what']}"
-    if kind == "change":
-        mark = " (unchanged)" if event.get("unchanged") else ""
-        return f"    {event['knob']}: {event['before']} -> {event['after']}{mark}"
-    if kind == "verified":
-        values = ", ".join(f"{k}={v}" for k, v in event.get("values", {}).items())
-        return f"    verified: {event['condition']} ({values})"
-    if kind == "undone":
-        return f"    undone {event['knob']}: back to {event['before']}"
-    if kind == "output":
-        return "    " + str(event["output"]).strip().replace("\n", "\n    ")
-    return f"    {kind}: " + ", ".join(
-        f"{k}={v}" for k, v in event.items() if k not in ("ts", "event")
-    )
 
 
 def _list(args: argparse.Namespace) -> int:

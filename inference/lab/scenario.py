@@ -45,6 +45,7 @@ from __future__ import annotations
 import itertools
 import math
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -534,3 +535,58 @@ def scaled(scenario: Scenario, time_scale: float) -> Scenario:
         source=scenario.source,
         precursors=tuple((at * time_scale, cause) for at, cause in scenario.precursors),
     )
+
+
+LAB_KEY_MIX = {"interactive": 0.2, "standard": 0.6, "batch": 0.2}
+
+
+def lab_traffic(
+    name: str,
+    profile: Sequence[tuple[float, float]],
+    duration_s: float,
+    *,
+    cause: str = "none",
+    onset_s: float = 0.0,
+    keys: Mapping[str, float] | None = None,
+    description: str = "",
+) -> Scenario:
+    """A scenario with the built-ins' traffic shape (sizes, streaming share, key mix)
+    and its own arrival profile, in fractions of capacity: for drills, the demo
+    and soaks, which script their own faults."""
+    text = lab_traffic_text(
+        name, profile, duration_s, cause=cause, onset_s=onset_s, keys=keys,
+        description=description,
+    )  # fmt: skip
+    return parse_scenario(text, f"<{name}>")
+
+
+def lab_traffic_text(
+    name: str,
+    profile: Sequence[tuple[float, float]],
+    duration_s: float,
+    *,
+    cause: str = "none",
+    onset_s: float = 0.0,
+    keys: Mapping[str, float] | None = None,
+    description: str = "",
+) -> str:
+    """``lab_traffic`` as scenario TOML, for `quell load --scenario FILE`."""
+    mix = ", ".join(f"{k} = {v}" for k, v in (keys or LAB_KEY_MIX).items())
+    points = ", ".join(f"[{t}, {level}]" for t, level in profile)
+    text = f"""
+name = "{name}"
+cause = "{cause}"
+onset_s = {onset_s}
+duration_s = {duration_s}
+description = "{description or name}"
+
+[traffic]
+arrival = "poisson"
+unit = "capacity"
+prompt_tokens = {{dist = "lognormal", median = 120, sigma = 0.5, min = 16, max = 2000}}
+max_tokens = {{dist = "uniform", low = 16, high = 48}}
+stream_share = 0.1
+keys = {{{mix}}}
+profile = [{points}]
+"""
+    return text

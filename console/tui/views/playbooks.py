@@ -24,7 +24,7 @@ from console.tui.keys import LIVE
 from console.tui.views.base import Update, View
 from console.tui.widgets.live_static import LiveStatic
 from playbooks.model import Playbook
-from playbooks.runner import Plan
+from playbooks.runner import Plan, describe_event
 
 COLUMNS = ("", "playbook", "answers")
 RECOMMENDED, DANGEROUS = "●", "!"
@@ -61,20 +61,7 @@ def units_value(value: object) -> str:
 
 
 def event_line(event: dict[str, Any]) -> str:
-    kind = event.get("event")
-    if kind == "step":
-        return f"step {event['step']}: {event['what']}"
-    if kind == "change":
-        mark = " (unchanged)" if event.get("unchanged") else ""
-        return f"  {event['knob']}: {event['before']} -> {event['after']}{mark}"
-    if kind == "verified":
-        values = ", ".join(f"{k}={v}" for k, v in event.get("values", {}).items())
-        return f"  verified {event['condition']} ({values})"
-    if kind == "undone":
-        return f"  undone {event['knob']}: back to {event['before']}"
-    if kind == "failed":
-        return f"  failed: {event.get('why', '')}"
-    return f"  {kind}"
+    return describe_event(event).rstrip()
 
 
 class ConfirmPlan(ModalScreen[bool]):
