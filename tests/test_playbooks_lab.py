@@ -217,7 +217,7 @@ def test_scale_replicas_outruns_a_consumer_slowdown(
         incident=_slow_every_engine,
     )  # fmt: skip
     values = check_closed_loop(run)
-    assert values["service_rate"] >= 0.95 * values["offered_rate"]
+    assert values["service_rate"] >= 0.9 * values["offered_rate"]
     assert len(run.before["replicas"]) == 2
     grown = next(c for c in run.result.changes if c.knob == "replicas")
     assert grown.after == 4
