@@ -908,24 +908,37 @@ def _merge(merged: dict[int, dict[int, list[float]]], rows: Iterable[Any]) -> No
             have[4], have[5] = last_ts, last
 
 
-def _take_writer_lock(path: Path) -> IO[str]:
-    lock_path = writer_lock_path(path)
-    try:
-        handle = lock_path.open("a+")
-    except OSError as problem:
-        raise StoreError(f"cannot open {lock_path}: {problem.strerror}") from None
+def take_lock(path: Path, holder: str) -> tuple[IO[str] | None, str]:
+    """An exclusive ``flock`` on ``path`` with ``holder`` written in it.
+
+    (handle, holder) when taken; (None, what the holder wrote) when another
+    open file holds it. The kernel drops the lock with the process, so a
+    crash never leaves it taken. OSError when the file cannot be opened.
+    """
+    handle = path.open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        holder = handle.read().strip() or "another process"
+        held_by = handle.read().strip()
         handle.close()
-        raise StoreError(
-            f"{path} is being written by pid {holder}; one writer per store "
-            "(readers may open it read-only)"
-        ) from None
+        return None, held_by
     handle.seek(0)
     handle.truncate()
-    handle.write(f"{os.getpid()}\n")
+    handle.write(f"{holder}\n")
     handle.flush()
+    return handle, holder
+
+
+def _take_writer_lock(path: Path) -> IO[str]:
+    lock_path = writer_lock_path(path)
+    try:
+        handle, holder = take_lock(lock_path, str(os.getpid()))
+    except OSError as problem:
+        raise StoreError(f"cannot open {lock_path}: {problem.strerror}") from None
+    if handle is None:
+        raise StoreError(
+            f"{path} is being written by pid {holder or 'another process'}; one writer per "
+            "store (readers may open it read-only)"
+        )
     return handle

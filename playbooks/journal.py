@@ -17,7 +17,6 @@ a crashed run never leaves the target locked.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import hashlib
 import json
@@ -30,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from collectors.store import BUSY_TIMEOUT_MS, StoreError, prepare, to_ms
+from collectors.store import BUSY_TIMEOUT_MS, StoreError, prepare, take_lock, to_ms
 
 GENESIS = "0" * 64
 # Outcomes that changed, or tried to change, something: they count against
@@ -102,18 +101,13 @@ class Journal:
     def lock(self, target: str, holder: str) -> None:
         """Take the target's lock or raise ``Busy`` naming who holds it."""
         path = self.lock_path(target)
-        handle = open(path, "a+")  # noqa: SIM115 - held until release()
+        stamp = f"{holder} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})"
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            held_by = handle.read().strip() or "another process"
-            handle.close()
-            raise Busy(f"{target} is locked by a run in progress: {held_by}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{holder} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})\n")
-        handle.flush()
+            handle, held_by = take_lock(path, stamp)
+        except OSError as error:
+            raise StoreError(f"cannot open {path}: {error.strerror or error}") from None
+        if handle is None:
+            raise Busy(f"{target} is locked by a run in progress: {held_by or 'another process'}")
         self._locks[target] = handle
 
     def release(self, target: str) -> None:
