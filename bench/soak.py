@@ -32,7 +32,10 @@ import psutil
 from inference.lab.scenario import lab_traffic_text
 
 ROOT = Path(__file__).resolve().parent.parent
-ERROR_LINE = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b")
+# A log line at level ERROR or CRITICAL, or any traceback. An alert is logged at
+# WARNING with its own severity in the text; those are counted apart.
+ERROR_LINE = re.compile(r"^\S+ (ERROR|CRITICAL) |Traceback")
+ALERT_LINE = re.compile(r" quell\.alerts: \[")
 
 
 def quell(*args: str) -> list[str]:
@@ -160,6 +163,20 @@ def main() -> int:
         ]
     print(f"\nerror lines in the logs: {len(errors)}")
     for line in errors[:20]:
+        print(f"  {line}")
+    alerts = [
+        line.strip()
+        for line in (work / "collect.log").read_text(errors="replace").splitlines()
+        if ALERT_LINE.search(line)
+    ]
+    stopped = [
+        line.split(": ", 1)[1]
+        for line in (work / "collect.log").read_text(errors="replace").splitlines()
+        if " quell.collect: stopped after " in line
+    ]
+    print(f"daemon: {stopped[-1] if stopped else 'no closing line (did it stop cleanly?)'}")
+    print(f"alert notifications: {len(alerts)}")
+    for line in alerts[:20]:
         print(f"  {line}")
     outcomes = load_results.get("outcomes", {})
     print(f"load outcomes: {outcomes}")

@@ -482,7 +482,11 @@ def assess(window: Sequence[Observation], baseline: Baseline, t: Thresholds) -> 
         capacity=capacity,
         occupancy=occupancy,
         depth_slope=depth_slope,
-        time_to_full=time_to_full(capacity, depth, offered, completed),
+        # Only while the imbalance is real: at 80% load the means of a few
+        # ticks of Poisson arrivals exceed completions on half the ticks by
+        # chance, and a projection from that noise paged "full within a
+        # minute" for an empty queue.
+        time_to_full=time_to_full(capacity, depth, offered, completed) if imbalanced else None,
         drain_time=drain_time(depth, offered, completed),
         imbalanced=imbalanced,
         scores=scores,

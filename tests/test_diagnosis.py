@@ -7,11 +7,13 @@ at a 0.73 s service time, normally loaded to 60%.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 
+from collectors.alerts import DEFAULT_RULES, Alerter, alert_values
 from collectors.diagnosis import (
     PLAYBOOKS,
     Change,
@@ -293,3 +295,36 @@ def test_capacity_advice_follows_littles_law() -> None:
     assert all(a.assumption for a in advice.values())
     burst = burst_excess(list(diagnoser.window))
     assert burst is not None and 20 < burst < 30
+
+
+def test_poisson_noise_at_80_percent_load_projects_no_time_to_full() -> None:
+    """As the soak runs the lab: the works queue stays empty, and arrivals
+    beating completions over a few ticks by chance is no filling queue."""
+    rng = random.Random(20261122)
+    rate = 0.8 * CAPACITY_RPS
+    diagnoser = Diagnoser("gateway")
+    alerter = Alerter([r for r in DEFAULT_RULES if r.name == "time_to_full_short"])
+    arrived_before = rate
+    fired: list[float] = []
+    projected = 0
+    for step in range(1800):
+        # Binomial(1000, rate/1000): Poisson enough at this rate.
+        arrived = float(sum(rng.random() < rate / 1000 for _ in range(1000)))
+        signals = {
+            "offered_rate": arrived,
+            # Each request takes ~0.7 s: a tick completes the last tick's arrivals.
+            "completed_rate": arrived_before,
+            "depth": 0.0,
+            "capacity": 128.0,
+            "workers": 32.0,
+            "running": arrived_before * 0.73,
+        }
+        arrived_before = arrived
+        obs = Observation(1000.0 + step, signals, {}, {"host_cpu_percent": 30.0})
+        assert diagnoser.observe(obs) == []
+        assessment = diagnoser.last
+        assert assessment is not None
+        projected += assessment.time_to_full is not None
+        notes = alerter.evaluate("gateway", obs.ts, alert_values(assessment, obs), None)
+        fired += [n.at for n in notes if n.status == "firing"]
+    assert (projected, fired) == (0, [])
