@@ -33,13 +33,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from collectors.config import Config, ConfigError, TargetConfig
 from collectors.exporter import Exporter, MetricsServer, PostRoute
 from collectors.gpu import GpuCollector
 from collectors.host import HostCollector
-from collectors.http import make_client, redact
+from collectors.http import HttpClient, make_client, redact
 from collectors.logs import LogCollector
 from collectors.model import CollectResult, Event, Sample, error
 from collectors.sources import SourceError, open_source
@@ -95,7 +93,7 @@ class Source:
 
 
 def build_sources(
-    config: Config, client: httpx.AsyncClient, keep: Mapping[Hashable, Source] | None = None
+    config: Config, client: HttpClient, keep: Mapping[Hashable, Source] | None = None
 ) -> list[Source]:
     """The sources ``config`` names, reusing those in ``keep`` that did not change.
 
@@ -158,9 +156,7 @@ def build_sources(
     return built
 
 
-def _target(
-    config: Config, client: httpx.AsyncClient, target: TargetConfig, spec: Hashable
-) -> Source:
+def _target(config: Config, client: HttpClient, target: TargetConfig, spec: Hashable) -> Source:
     preset = target.preset
     if target.kind == "rabbitmq" and preset is None and target.url.startswith("http"):
         preset = "rabbitmq"
@@ -259,7 +255,7 @@ class Daemon:
         self._pending = PendingTicks(config.store.buffer_samples)
         self._dropped_reported = 0
         self._store: Store | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: HttpClient | None = None
         self._server: MetricsServer | None = None
         self._store_problem: str | None = None
         self._newest_written: float | None = None

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
-
 from collectors.exposition import ExpositionError, parse_exposition
-from collectors.http import FetchError, fetch, redact
+from collectors.http import FetchError, HttpClient, fetch, redact
 from collectors.model import OK, CollectResult, Labels, error
 from collectors.nginx import StubStatusError, looks_like_stub_status, read_stub_status
 from collectors.presets import (
@@ -69,14 +67,20 @@ def read(preset: str, body: str) -> list[Reading]:
     if preset == "rabbitmq":
         return read_queues(body)
     chosen: Preset = PROMETHEUS_PRESETS[preset]
-    return extract(chosen, parse_exposition(body))
+    wanted = _WANTED.get(preset)
+    if wanted is None:
+        wanted = _WANTED[preset] = chosen.families()
+    return extract(chosen, parse_exposition(body, wanted))
+
+
+_WANTED: dict[str, frozenset[str]] = {}
 
 
 class HttpQueueCollector:
     def __init__(
         self,
         url: str,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         *,
         preset: str | None = None,
         name: str | None = None,

@@ -22,10 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from collectors.exposition import Family, Scrape
-from collectors.http import redact
+from collectors.http import FetchError, HttpClient, redact
 from collectors.model import OK, CollectResult, Labels, Sample, error, labels_from
 from collectors.presets import PROMETHEUS_PRESETS, canonical, detect, extract
 from collectors.readings import Converter
@@ -81,7 +79,7 @@ class PrometheusQuery:
         self,
         base_url: str,
         selector: str,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         *,
         preset: str | None = None,
     ) -> None:
@@ -102,8 +100,8 @@ class PrometheusQuery:
         params = {"query": f"{self.selector}[{LOOKBACK_S}s]", "time": f"{time.time():.3f}"}
         try:
             response = await self.client.get(url, params=params)
-        except httpx.HTTPError as problem:
-            raise PrometheusError(f"{redact(self.base_url)}: {type(problem).__name__}") from None
+        except FetchError as problem:
+            raise PrometheusError(str(problem)) from None
         try:
             body: Mapping[str, Any] = response.json()
         except ValueError:
@@ -184,7 +182,7 @@ class PrometheusTarget:
         self,
         base_url: str,
         selector: str,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         *,
         preset: str | None = None,
         name: str = "",
@@ -213,14 +211,18 @@ class PrometheusTarget:
         """The HTTP client belongs to the daemon."""
 
 
-async def instances(base_url: str, selector: str, client: httpx.AsyncClient) -> list[str]:
+async def instances(base_url: str, selector: str, client: HttpClient) -> list[str]:
     """The ``instance`` labels of the series a selector matches now."""
     query = f"count by (instance) ({check_selector(selector)})"
     try:
         response = await client.get(f"{base_url.rstrip('/')}/api/v1/query", params={"query": query})
         body = response.json()
-    except (httpx.HTTPError, ValueError) as problem:
-        raise PrometheusError(f"{redact(base_url)}: {problem}") from None
+    except FetchError as problem:
+        raise PrometheusError(str(problem)) from None
+    except ValueError:
+        raise PrometheusError(
+            f"{redact(base_url)} answered {response.status_code} without JSON"
+        ) from None
     if body.get("status") != "success":
         raise PrometheusError(f"{redact(base_url)}: {body.get('error', 'query failed')}")
     return sorted(

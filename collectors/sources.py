@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
-import httpx
-
-from collectors.http import redact
+from collectors.http import HttpClient, redact
 from collectors.http_queue import HTTP_PRESETS, HttpQueueCollector
 from collectors.presets import PRESET_NAMES, canonical
 from collectors.redis_queues import RedisQueueCollector
@@ -56,7 +54,7 @@ def _preset(preset: str | None, allowed: tuple[str, ...], where: str) -> str | N
 
 def open_source(
     url: str,
-    client: httpx.AsyncClient,
+    client: HttpClient,
     *,
     preset: str | None = None,
     name: str | None = None,
@@ -106,7 +104,7 @@ def _netloc(host: str, port: int | None) -> str:
     return shown if port is None else f"{shown}:{port}"
 
 
-def _rabbitmq(url: str, client: httpx.AsyncClient, name: str | None) -> HttpQueueCollector:
+def _rabbitmq(url: str, client: HttpClient, name: str | None) -> HttpQueueCollector:
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = _port(url, RABBITMQ_PORT)

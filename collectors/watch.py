@@ -14,10 +14,9 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 
-import httpx
-
 from collectors.diagnosis import Observation
 from collectors.host import HostCollector
+from collectors.http import HttpClient, make_client
 from collectors.model import Collector, Sample
 from collectors.sources import open_source
 from collectors.summary import summarize
@@ -68,11 +67,11 @@ async def watch(
     interval_s: float = 1.0,
     duration_s: float | None = None,
     host: bool = True,
-    client: httpx.AsyncClient | None = None,
+    client: HttpClient | None = None,
 ) -> AsyncIterator[Observation]:
     """Collect every part each interval and yield one observation per tick."""
     own_client = client is None
-    http = client or httpx.AsyncClient(timeout=httpx.Timeout(2.0, connect=1.0), trust_env=False)
+    http = client or make_client(1.0, 2.0)
     try:
         queue: Collector = open_source(topology.queue_url, http, preset=topology.preset,
                                        name=topology.name)  # fmt: skip
@@ -136,13 +135,13 @@ async def watch_prometheus(
     topology: PrometheusTopology,
     interval_s: float = 1.0,
     duration_s: float | None = None,
-    client: httpx.AsyncClient | None = None,
+    client: HttpClient | None = None,
 ) -> AsyncIterator[Observation]:
     """The same observations as ``watch``, from PromQL queries."""
     from collectors.prometheus import PrometheusQuery
 
     own_client = client is None
-    http = client or httpx.AsyncClient(timeout=httpx.Timeout(3.0, connect=1.0), trust_env=False)
+    http = client or make_client(1.0, 3.0)
     try:
         queue = PrometheusQuery(
             topology.prometheus_url, topology.queue, http, preset=topology.preset

@@ -118,8 +118,7 @@ def prometheus_config(source: str, queue: str, replicas: str) -> Path:
     import asyncio
     import json
 
-    import httpx
-
+    from collectors.http import make_client
     from collectors.prometheus import PrometheusError, check_selector, instances
     from inference.lab.state import ensure_private_dir, state_dir
 
@@ -128,7 +127,7 @@ def prometheus_config(source: str, queue: str, replicas: str) -> Path:
         raise UsageError(f"--source takes prometheus=http://HOST:9090, got {source!r}")
 
     async def replica_instances() -> list[str]:
-        async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        async with make_client(5.0, 5.0) as client:
             return await instances(url, replicas, client)
 
     try:
