@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from collectors.exposition import Scrape
+from collectors.exposition import Scrape, family_names
 from collectors.model import Labels
 from collectors.rates import HistogramReading
 from collectors.readings import Reading
@@ -90,6 +90,12 @@ class Preset:
     prefixes: tuple[str, ...]
     rules: tuple[Rule, ...]
     about: str
+
+    def families(self) -> frozenset[str]:
+        """The families its rules read, in every form a lookup may use."""
+        return family_names(
+            name for r in self.rules for name in (*r.sources, *r.subtract, r.denominator, r.unless)
+        )
 
 
 # -- quell-gateway ---------------------------------------------------------
@@ -432,7 +438,9 @@ def detect(scrape: Scrape) -> Preset | None:
 
 
 def _kept(rule_: Rule, source_labels: Mapping[str, str]) -> Labels:
-    renames = dict(rule_.rename)
+    if not rule_.keep:
+        return tuple(sorted(rule_.fixed)) if rule_.fixed else ()
+    renames = dict(rule_.rename) if rule_.rename else None
     kept = dict(rule_.fixed)
     for source_label, quell_label in rule_.keep:
         value = source_labels.get(source_label)
@@ -440,7 +448,7 @@ def _kept(rule_: Rule, source_labels: Mapping[str, str]) -> Labels:
             continue
         if quell_label == "reason":
             value = value.lower()
-        kept[quell_label] = renames.get(value, value)
+        kept[quell_label] = renames.get(value, value) if renames else value
     return tuple(sorted(kept.items()))
 
 

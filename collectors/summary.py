@@ -41,6 +41,10 @@ def summarize(samples: Iterable[Sample]) -> tuple[dict[str, float], dict[str, li
     values: dict[str, float] = {}
     parts: dict[str, list[Part]] = {}
     for series, group in by_series.items():
+        if len(group) == 1:
+            # Most series have one sample a round: nothing to combine or split.
+            values[series] = group[0].value
+            continue
         constant = set.intersection(*(set(s.labels) for s in group))
         varying = [(s, {k: v for k, v in s.labels if (k, v) not in constant}) for s in group]
         fewest = min(len(extra) for _, extra in varying)

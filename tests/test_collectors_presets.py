@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from collectors.exposition import ExpositionError, parse_exposition
+from collectors.exposition import ExpositionError, Scrape, _parse_any, parse_exposition
 from collectors.http_queue import UnknownFormat, read, recognise
 from collectors.model import Sample
 from collectors.nginx import read_stub_status
-from collectors.presets import PROMETHEUS_PRESETS, canonical, detect
+from collectors.presets import PROMETHEUS_PRESETS, canonical, detect, extract
 from collectors.rabbitmq import read_queues
 from collectors.readings import Converter
 from collectors.signals import SIGNALS
@@ -490,3 +490,54 @@ def test_rabbitmq_auto_ack_consumers_complete_on_delivery_and_lists_are_read() -
     assert values["depth"] == 7
     assert values["completed_rate"] == 2.5
     assert "capacity" not in values
+
+
+def _families(
+    scrape: Scrape,
+) -> dict[str, tuple[str, list[tuple[str, list[tuple[str, str]], float]]]]:
+    return {
+        name: (f.type, sorted((n, sorted(labels.items()), v) for n, labels, v in f.samples))
+        for name, f in scrape.families.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("preset", "source"),
+    [
+        ("vllm", "vllm_v1.prom"),
+        ("tgi", "tgi.prom"),
+        ("triton", "triton.prom"),
+        ("ray-serve", RAY_SERVE),
+        ("litellm", LITELLM),
+        ("quell-gateway", None),
+    ],
+)
+def test_the_fast_reader_agrees_with_prometheus_client(
+    fixtures: Path, preset: str, source: str | None
+) -> None:
+    """The line cache, the family filter and the full parser read the same page alike."""
+    if source is None:
+        page = gateway_page()
+    elif source.endswith(".prom"):
+        page = (fixtures / source).read_text()
+    else:
+        page = source
+    full = _parse_any(page)
+    cold = parse_exposition(page)
+    warm = parse_exposition(page)  # every line's head is cached by now
+    assert _families(cold) == _families(full) == _families(warm)
+    chosen = PROMETHEUS_PRESETS[canonical(preset)]
+    wanted = parse_exposition(page, chosen.families())
+    assert set(wanted.families) <= set(full.families)
+    assert extract(chosen, wanted) == extract(chosen, full)
+
+
+def test_the_line_cache_reads_each_scrape_s_own_value() -> None:
+    def value(page: str) -> float:
+        return next(v for _, v in parse_exposition(page).values("x_waiting"))
+
+    assert value('# TYPE x_waiting gauge\nx_waiting{a="1 2"} 1\n') == 1.0
+    assert value('# TYPE x_waiting gauge\nx_waiting{a="1 2"} 2\n') == 2.0
+    # With a timestamp the head is not cached, and the value is still the value.
+    assert value('# TYPE x_waiting gauge\nx_waiting{a="1 2"} 3 1700000000000\n') == 3.0
+    assert value('# TYPE x_waiting gauge\nx_waiting{a="1 2"} 4\n') == 4.0
