@@ -312,7 +312,7 @@ class MetricsServer:
         self.port = int(self._server.server_port)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            kwargs={"poll_interval": 0.5},
             name="quell-metrics",
             daemon=True,
         )

@@ -59,6 +59,10 @@ class GpuCollector:
         self._devices: list[tuple[Labels, Any]] | None = None
 
     async def collect(self, now: float) -> CollectResult:
+        if self._failure is not None:
+            # Known for good (no driver, no library): no thread hop each tick
+            # to say so again.
+            return CollectResult([], [], error(self._failure), 0.0)
         started = time.perf_counter()
         samples, status = await asyncio.to_thread(self._collect, now)
         return CollectResult(samples, [], status, time.perf_counter() - started)

@@ -5,8 +5,12 @@ readings, not from psutil.cpu_percent(), whose module-wide "last call" is
 shared with anything else in the process that calls it. The first reading
 only primes the deltas, so CPU and rates appear from the second tick on.
 
-The work is blocking /proc reads, done in a thread so the sampling loop
-keeps its rhythm.
+Most of the work is /proc and sock_diag reads that answer in microseconds
+and never wait on a process, so it runs in the loop: a thread hop each tick
+cost more CPU than the reads (bench/collectors.py). A tick that looks
+processes up by name reads every process's cmdline, which waits on that
+process's memory map and can hang behind a stuck one, so that tick runs in
+a thread.
 """
 
 from __future__ import annotations
@@ -46,6 +50,36 @@ def cpu_percent(previous: Any, current: Any) -> tuple[float, float] | None:
         return None
     busy = min(100.0, max(0.0, 100.0 * (busy1 - busy0) / elapsed))
     return busy, min(100.0, max(0.0, 100.0 * (iowait1 - iowait0) / elapsed))
+
+
+def read_memory(root: Path = Path("/proc")) -> tuple[float, float] | None:
+    """Memory and swap in use, in percent, as psutil counts them, from one read.
+
+    psutil's virtual_memory() and swap_memory() read /proc/meminfo twice and
+    /proc/vmstat once more for swap-in figures quell does not use. None when
+    the kernel does not say how much memory is available.
+    """
+    try:
+        text = (root / "meminfo").read_text()
+    except OSError:
+        return None
+    fields: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in _MEMINFO_FIELDS:
+            number = rest.split()
+            if number and number[0].isdigit():
+                fields[name] = int(number[0])
+    total, available = fields.get("MemTotal"), fields.get("MemAvailable")
+    if not total or available is None:
+        return None
+    swap_total = fields.get("SwapTotal", 0)
+    swap_used = swap_total - fields.get("SwapFree", swap_total)
+    swap = 100.0 * swap_used / swap_total if swap_total else 0.0
+    return round(100.0 * (total - available) / total, 1), round(swap, 1)
+
+
+_MEMINFO_FIELDS = frozenset(("MemTotal", "MemAvailable", "SwapTotal", "SwapFree"))
 
 
 def read_listen_counters(root: Path = Path("/proc")) -> dict[str, int]:
@@ -93,7 +127,10 @@ class HostCollector:
 
     async def collect(self, now: float) -> CollectResult:
         started = time.perf_counter()
-        samples, problems = await asyncio.to_thread(self._collect, now)
+        if self._rescan_due(now):
+            samples, problems = await asyncio.to_thread(self._collect, now)
+        else:
+            samples, problems = self._collect(now)
         status = OK if not problems else error("; ".join(problems))
         return CollectResult(samples, [], status, time.perf_counter() - started)
 
@@ -112,8 +149,11 @@ class HostCollector:
         self._cpu(add)
         load1, _, _ = os.getloadavg()
         add("host_load1", load1)
-        add("host_memory_percent", psutil.virtual_memory().percent)
-        add("host_swap_percent", psutil.swap_memory().percent)
+        memory = read_memory(self._proc)
+        if memory is None:
+            memory = psutil.virtual_memory().percent, psutil.swap_memory().percent
+        add("host_memory_percent", memory[0])
+        add("host_swap_percent", memory[1])
         disks = psutil.disk_io_counters()
         if disks is not None:
             rate("host_disk_read_bytes_rate", disks.read_bytes)
@@ -171,6 +211,13 @@ class HostCollector:
             add("host_listen_queue_depth", q.depth, port_label)
             if q.capacity is not None:
                 add("host_listen_queue_capacity", q.capacity, port_label)
+
+    def _rescan_due(self, now: float) -> bool:
+        """Whether this tick's ``_resolve`` walks every process looking for names."""
+        if not any(isinstance(w, str) for w in self._wanted):
+            return False
+        stale = any(not w.process.is_running() for w in self._watched.values())
+        return stale or now - self._names_resolved_at >= NAME_RESCAN_S
 
     def _resolve(self, now: float, problems: list[str]) -> None:
         names = {w for w in self._wanted if isinstance(w, str)}

@@ -65,7 +65,10 @@ class LogCollector:
     async def collect(self, now: float) -> CollectResult:
         started = time.perf_counter()
         try:
-            raw_lines = await asyncio.to_thread(self._tailer.poll)
+            # A read may wait on a slow disk or a network mount, so it runs in
+            # a thread; a stat first spares that hop when nothing was added.
+            tailer = self._tailer
+            raw_lines = [] if tailer.unchanged() else await asyncio.to_thread(tailer.poll)
         except OSError as problem:
             status = error(f"cannot read {self.path}: {problem.strerror or problem}")
             return CollectResult([], [], status, time.perf_counter() - started)

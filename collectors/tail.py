@@ -69,6 +69,23 @@ class FileTailer:
         self._skipping = False
         return True
 
+    def unchanged(self) -> bool:
+        """True when the file is the one open and holds nothing past what was read.
+
+        One stat: the caller skips the poll, and the thread it runs in, on
+        the ticks a quiet log gives nothing to read.
+        """
+        if self._file is None:
+            return False
+        try:
+            current = os.stat(self.path)
+        except OSError:
+            return False
+        return (
+            current.st_dev,
+            current.st_ino,
+        ) == self._identity and current.st_size == self._offset
+
     def poll(self) -> list[bytes]:
         """Complete lines added since the last poll (without their newlines).
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from collectors import listen_queues
-from collectors.host import HostCollector, cpu_percent, read_listen_counters
+from collectors.host import HostCollector, cpu_percent, read_listen_counters, read_memory
 from collectors.model import CollectResult
 
 
@@ -125,3 +125,22 @@ def test_cpu_percent_from_times() -> None:
     assert busy == pytest.approx(40.0)
     assert iowait == pytest.approx(10.0)
     assert cpu_percent(before, before) is None
+
+
+def test_memory_and_swap_from_one_meminfo_read(tmp_path: Path) -> None:
+    (tmp_path / "meminfo").write_text(
+        "MemTotal:       16000000 kB\nMemFree:         1000000 kB\n"
+        "MemAvailable:    4000000 kB\nBuffers:          100000 kB\n"
+        "SwapTotal:       2000000 kB\nSwapFree:        1500000 kB\n"
+    )
+    assert read_memory(tmp_path) == (75.0, 25.0)
+    (tmp_path / "meminfo").write_text("MemTotal: 16000000 kB\nMemFree: 1000000 kB\n")
+    assert read_memory(tmp_path) is None  # no MemAvailable: psutil's own guess is used
+    assert read_memory(tmp_path / "absent") is None
+
+
+def test_memory_reads_as_psutil_reads_it() -> None:
+    mine = read_memory()
+    assert mine is not None
+    assert abs(mine[0] - psutil.virtual_memory().percent) < 2.0
+    assert abs(mine[1] - psutil.swap_memory().percent) < 2.0
