@@ -154,6 +154,10 @@ def main() -> int:
             f"| {name} | {rss[0]:.1f} | {rss[-1]:.1f} | {max(rss):.1f} | {fds[0]} | "
             f"{fds[-1]} | {max(fds)} |"
         )
+    print("\nRSS (MiB) at each sample, to tell a plateau from a climb:")
+    for name in processes:
+        trail = ", ".join(f"{s[1][name][0]:.1f}" for s in samples)
+        print(f"  {name}: {trail}")
     errors = []
     for log in [*lab_dir.glob("*.log"), work / "collect.log"]:
         errors += [

@@ -93,6 +93,9 @@ class Thresholds:
     switch_after_ticks: int = 3  # ticks a new cause must lead to replace the old
     # causes
     surge_ratio: float = 1.3  # arrivals against their baseline
+    # ...and arrivals at least this share of what the workers can complete,
+    # where that is known: below it the queue drains by itself.
+    surge_capacity_share: float = 0.9
     slow_ratio: float = 1.5  # service time against its baseline
     flat_ratio: float = 1.3  # "unchanged" is within this factor
     stall_fraction: float = 0.1  # completions below this share of baseline
@@ -438,7 +441,20 @@ def assess(window: Sequence[Observation], baseline: Baseline, t: Thresholds) -> 
                 scores["consumer_slowdown"] = 0.7 if arrivals_ratio is None else (
                     0.8 if arrivals_ratio <= t.surge_ratio else 0.55
                 )  # fmt: skip
-        surged = arrivals_ratio is not None and arrivals_ratio >= t.surge_ratio
+        # A step up that the consumers can still complete is no surge: after
+        # an idle spell the baseline knows only silence, and the queueing that
+        # comes and goes at 80% of capacity opened "producer_surge" (and the
+        # lab's auto playbook then throttled healthy traffic).
+        # Capacity from the service time now, not the usual one: requests are
+        # slower at high load (engines batch more), and the light-load figure
+        # overstated what the workers complete by a fifth in the lab.
+        capacity_now = service_capacity(last, service_now)
+        absorbable = (
+            capacity_now is not None
+            and offered is not None
+            and offered < t.surge_capacity_share * capacity_now
+        )
+        surged = arrivals_ratio is not None and arrivals_ratio >= t.surge_ratio and not absorbable
         flat_service = service_ratio is None or service_ratio <= t.flat_ratio
         if surged and flat_service and not stalled and not retrying:
             scores["producer_surge"] = min(0.9, 0.55 + 0.15 * (arrivals_ratio or 0.0))

@@ -328,3 +328,44 @@ def test_poisson_noise_at_80_percent_load_projects_no_time_to_full() -> None:
         notes = alerter.evaluate("gateway", obs.ts, alert_values(assessment, obs), None)
         fired += [n.at for n in notes if n.status == "firing"]
     assert (projected, fired) == (0, [])
+
+
+def _poisson(rng: random.Random, mean: float) -> float:
+    return float(sum(rng.random() < mean / 2000 for _ in range(2000)))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_step_from_idle_to_80_percent_load_is_no_surge(seed: int) -> None:
+    """Traffic starts on an idle lab, as the soak starts it: the baseline knows
+    only silence, and queueing at 80% of capacity comes and goes. No verdict;
+    in the lab a surge verdict here auto-ran tighten-limits on healthy load."""
+    rng = random.Random(seed)
+    workers, service_s = 32.0, 0.73
+    capacity_rps = workers / service_s
+    diagnoser = Diagnoser("gateway")
+    in_system = 0.0
+    opened: list[Change] = []
+    for step in range(30 + 600):
+        rate = 0.0 if step < 30 else 0.8 * capacity_rps
+        arrived = _poisson(rng, rate)
+        in_system += arrived
+        # Engines finish requests in clumps (a decode step ends many at once):
+        # completions per second swing more than Poisson alone.
+        clump = rng.uniform(0.6, 1.4)
+        completed = min(in_system, _poisson(rng, clump * min(in_system, workers) / service_s))
+        in_system -= completed
+        signals = {
+            "offered_rate": arrived,
+            "completed_rate": completed,
+            "depth": max(0.0, in_system - workers),
+            "capacity": 128.0,
+            "workers": workers,
+            "running": min(in_system, workers),
+        }
+        replicas = {
+            name: {"service_seconds": service_s, "token_seconds": 0.021, "workers": 16.0}
+            for name in ("engine-0", "engine-1")
+        }
+        obs = Observation(1000.0 + step, signals, replicas, {"host_cpu_percent": 30.0})
+        opened += [c for c in diagnoser.observe(obs) if c.kind == "opened"]
+    assert opened == []
