@@ -40,6 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import python_speed_ns  # noqa: E402
+
 from collectors.model import Sample  # noqa: E402
 from collectors.store import Store  # noqa: E402
 
@@ -169,7 +171,7 @@ async def component_costs(state: dict[str, Any], directory: Path) -> list[tuple[
         for _ in range(50):
             await fetch(client, engine_url)
         costs.append(
-            ("HTTP fetch of an engine's /metrics (httpx)", 20 * (time.process_time() - started))
+            ("HTTP fetch of an engine's /metrics (aiohttp)", 20 * (time.process_time() - started))
         )
     costs.append(
         ("parse the gateway's /metrics", per_call_ms(lambda: parse_exposition(gateway_page), 50))
@@ -312,6 +314,9 @@ def main() -> int:
     parser.add_argument("--skip-daemon", action="store_true", help="store figures only")
     args = parser.parse_args()
     facts = machine_facts()
+    # This host's speed swings by half from hour to hour (a busy neighbour
+    # shows as no steal time); every CPU figure below moves with this one.
+    speed_before = python_speed_ns()
     rows: list[list[str]] = []
     costs: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="quell-bench-") as scratch:
@@ -355,6 +360,11 @@ def main() -> int:
         ])  # fmt: skip
     print("```")
     print("$ " + shlex.join(["python", "bench/collectors.py", *sys.argv[1:]]))
+    speed_after = python_speed_ns()
+    facts.append(
+        f"CPU speed check: a plain Python loop took {speed_before} ns/iteration before the "
+        f"run and {speed_after} after (lower is faster)"
+    )
     print("\n".join(facts))
     print("```")
     print()
