@@ -113,8 +113,19 @@ def alert_values(assessment: Assessment, observation: Observation) -> dict[str, 
         "queue_wait_p95_seconds": observation.signals.get("queue_wait_p95_seconds"),
         "host_cpu_percent": host.get("host_cpu_percent"),
         "gpu_utilization_percent": host.get("gpu_utilization_percent"),
-        "time_to_full": assessment.time_to_full,
+        "time_to_full": (
+            assessment.time_to_full
+            if (assessment.occupancy or 0.0) >= TIME_TO_FULL_MIN_OCCUPANCY
+            or "stalled_consumers" in assessment.scores
+            else None
+        ),
     }
+
+
+# A projection from a queue that is still mostly empty is a forecast from a
+# few seconds of wobble: at 80% load the depth climbs by ten places and back
+# several times an hour. A quarter full, climbing, is worth a page.
+TIME_TO_FULL_MIN_OCCUPANCY = 0.25
 
 
 @dataclass

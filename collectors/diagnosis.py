@@ -498,11 +498,16 @@ def assess(window: Sequence[Observation], baseline: Baseline, t: Thresholds) -> 
         capacity=capacity,
         occupancy=occupancy,
         depth_slope=depth_slope,
-        # Only while the imbalance is real: at 80% load the means of a few
-        # ticks of Poisson arrivals exceed completions on half the ticks by
-        # chance, and a projection from that noise paged "full within a
-        # minute" for an empty queue.
-        time_to_full=time_to_full(capacity, depth, offered, completed) if imbalanced else None,
+        # Only while the queue is filling for certain (a steady climb, full,
+        # or consumers stalled): at 80% load the means of a few ticks of
+        # arrivals beat completions on half the ticks by chance and the depth
+        # wobbles by a few places, and a projection from that noise paged
+        # "full within a minute" 35 times in a 30-minute soak.
+        time_to_full=(
+            time_to_full(capacity, depth, offered, completed)
+            if climbing or pinned or stalled
+            else None
+        ),
         drain_time=drain_time(depth, offered, completed),
         imbalanced=imbalanced,
         scores=scores,

@@ -18,9 +18,10 @@ from collectors.alerts import (
     Notification,
     Rule,
     WebhookRoute,
+    alert_values,
     deliver,
 )
-from collectors.diagnosis import Verdict
+from collectors.diagnosis import Assessment, Observation, Verdict
 
 RULE = Rule("occupancy_critical", "occupancy", ">=", 0.9, 60, "critical", "queue 90% full")
 
@@ -152,3 +153,17 @@ def test_a_failing_route_is_reported_and_the_others_still_deliver(tmp_path: Path
     )
     assert len(problems) == 2
     assert any("status 3" in p for p in problems)
+
+
+def test_time_to_full_pages_only_for_a_queue_a_quarter_full_or_stalled() -> None:
+    def values(occupancy: float, scores: dict[str, float]) -> dict[str, float | None]:
+        assessment = Assessment(
+            ts=0.0, offered=40.0, completed=30.0, depth=occupancy * 128, capacity=128.0,
+            occupancy=occupancy, depth_slope=2.0, time_to_full=12.0, drain_time=None,
+            imbalanced=True, scores=scores, evidence={},
+        )  # fmt: skip
+        return alert_values(assessment, Observation(0.0, {}))
+
+    assert values(0.1, {})["time_to_full"] is None
+    assert values(0.3, {})["time_to_full"] == 12.0
+    assert values(0.0, {"stalled_consumers": 0.95})["time_to_full"] == 12.0

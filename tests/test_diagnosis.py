@@ -337,14 +337,17 @@ def _poisson(rng: random.Random, mean: float) -> float:
 @pytest.mark.parametrize("seed", range(8))
 def test_a_step_from_idle_to_80_percent_load_is_no_surge(seed: int) -> None:
     """Traffic starts on an idle lab, as the soak starts it: the baseline knows
-    only silence, and queueing at 80% of capacity comes and goes. No verdict;
-    in the lab a surge verdict here auto-ran tighten-limits on healthy load."""
+    only silence, and queueing at 80% of capacity comes and goes. No verdict
+    (in the lab one auto-ran tighten-limits on healthy load) and no "full
+    within a minute" once the onset is past (the soak saw 35)."""
     rng = random.Random(seed)
     workers, service_s = 32.0, 0.73
     capacity_rps = workers / service_s
     diagnoser = Diagnoser("gateway")
+    alerter = Alerter([r for r in DEFAULT_RULES if r.name == "time_to_full_short"])
     in_system = 0.0
     opened: list[Change] = []
+    fired: list[float] = []
     for step in range(30 + 600):
         rate = 0.0 if step < 30 else 0.8 * capacity_rps
         arrived = _poisson(rng, rate)
@@ -368,4 +371,11 @@ def test_a_step_from_idle_to_80_percent_load_is_no_surge(seed: int) -> None:
         }
         obs = Observation(1000.0 + step, signals, replicas, {"host_cpu_percent": 30.0})
         opened += [c for c in diagnoser.observe(obs) if c.kind == "opened"]
-    assert opened == []
+        assessment = diagnoser.last
+        if assessment is not None and step >= 40:  # the onset itself is a real, brief imbalance
+            notes = alerter.evaluate("gateway", obs.ts, alert_values(assessment, obs), None)
+            # These clumped completions do push the queue past a quarter full
+            # now and then, and a steady climb from there may page.
+            if (assessment.occupancy or 0.0) < 0.25:
+                fired += [n.at for n in notes if n.status == "firing"]
+    assert (opened, fired) == ([], [])
