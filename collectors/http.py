@@ -93,10 +93,12 @@ class HttpClient:
         if not usable:
             raise FetchError(f"invalid URL {shown}: expected http:// or https:// and a host")
         headers = {}
-        if parts.username is not None and auth is None:
+        if parts.username is not None:
             # Credentials in the URL ("http://user:pass@host/metrics") become
-            # the header here, so the URL handed on carries no password.
-            auth = (unquote(parts.username), unquote(parts.password or ""))
+            # the header here (an explicit ``auth`` wins), so the URL handed
+            # on carries no password.
+            if auth is None:
+                auth = (unquote(parts.username), unquote(parts.password or ""))
             url = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
         if auth is not None:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")

@@ -66,3 +66,37 @@ def test_summary_prefers_the_overall_series_and_adds_up_the_parts() -> None:
     values, parts = summarize(samples)
     assert values == {"queue_wait_seconds": 0.9, "depth": 7.0, "kv_usage": pytest.approx(0.7)}
     assert [p.labels for p in parts["depth"]] == [{"engine": "0"}, {"engine": "1"}]
+
+
+async def test_credentials_in_a_url_are_sent_as_basic_auth_and_never_shown() -> None:
+    from aiohttp import web
+
+    from collectors.http import FetchError, fetch
+
+    seen: list[str | None] = []
+
+    async def metrics(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        if request.headers.get("Authorization") != "Basic c2NyYXBlcjpzM2NyZXQ=":
+            return web.Response(status=401)
+        return web.Response(text="# TYPE up gauge\nup 1\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with make_client() as client:
+            body, _ = await fetch(client, f"http://scraper:s3cret@127.0.0.1:{port}/metrics")
+            assert body.startswith("# TYPE up gauge")
+            with pytest.raises(FetchError) as refused:
+                await fetch(client, f"http://scraper:wrong@127.0.0.1:{port}/metrics")
+            assert "wrong" not in str(refused.value)
+            assert "scraper:***@" in str(refused.value)
+            assert "check the user and password" in str(refused.value)
+    finally:
+        await runner.cleanup()
+    assert seen == ["Basic c2NyYXBlcjpzM2NyZXQ=", "Basic c2NyYXBlcjp3cm9uZw=="]
