@@ -388,7 +388,6 @@ class Store:
         """
         self._writable()
         ids = self._ids
-        fresh: dict[SeriesKey, int] = {}
         rows: list[tuple[int, int, int, float]] = []
         missing: list[tuple[Sample, SeriesKey]] = []
         oldest_ms: int | None = None
@@ -415,52 +414,28 @@ class Store:
                 add((stamp_minute, series_id, stamp_ms, value))
         if not rows and not missing and not events:
             return 0
-        db = self._db
-        try:
-            for sample, key in missing:
-                series_id = fresh.get(key)
-                if series_id is None:
-                    series_id = await self._insert_series(key)
-                    fresh[key] = series_id
-                ms = to_ms(sample.ts)
-                rows.append((ms // MINUTE_MS, series_id, ms, sample.value))
-            if rows:
-                await db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", rows)
-            if events:
-                await db.executemany(
-                    "INSERT INTO events (ts, kind, source, severity, text) VALUES (?, ?, ?, ?, ?)",
-                    [(to_ms(e.ts), e.kind, e.source, e.severity, e.text) for e in events],
-                )
-            rewind = (
-                oldest_ms is not None
-                and self._rolled_through is not None
-                and oldest_ms // MINUTE_MS < self._rolled_through
-            )
-            if rewind and oldest_ms is not None:
-                # Samples late for minutes already rolled up (a buffered tick
-                # written after a disk-full spell): roll those minutes again.
-                await self._set_meta("rolled_through", oldest_ms // MINUTE_MS)
-            await db.commit()
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                await db.rollback()
-            raise
+        rewind = (
+            oldest_ms is not None
+            and self._rolled_through is not None
+            and oldest_ms // MINUTE_MS < self._rolled_through
+        )
+        event_rows = [(to_ms(e.ts), e.kind, e.source, e.severity, e.text) for e in events]
+        rewind_to = oldest_ms // MINUTE_MS if rewind and oldest_ms is not None else None
+        # The whole transaction is one call on the connection's thread. Held
+        # open across awaits, its write lock outlived any await in between,
+        # and a playbook journal writing to the same file from this event
+        # loop (blocking, with a busy timeout) then waited on a commit that
+        # needed the loop it was blocking: "database is locked" after 5 s.
+        # aiosqlite runs a callable on its thread only through this private
+        # method (0.17 to 0.22 alike); the connection is used on that thread.
+        fresh: dict[SeriesKey, int] = await self._db._execute(  # type: ignore[no-untyped-call]
+            _write_tick, self._db._conn, rows, missing, event_rows, rewind_to
+        )
         for key, series_id in fresh.items():
             self._remember(key, series_id)
-        if rewind and oldest_ms is not None:
-            self._rolled_through = oldest_ms // MINUTE_MS
-        return len(rows)
-
-    async def _insert_series(self, key: SeriesKey) -> int:
-        # The no-op update makes RETURNING answer for a row that exists too.
-        async with self._db.execute(
-            "INSERT INTO series (name, labels_json) VALUES (?, ?) "
-            "ON CONFLICT (name, labels_json) DO UPDATE SET name = excluded.name RETURNING id",
-            (key[0], labels_json(key[1])),
-        ) as cursor:
-            row = await cursor.fetchone()
-        assert row is not None
-        return int(row[0])
+        if rewind_to is not None:
+            self._rolled_through = rewind_to
+        return len(rows) + len(missing)
 
     async def _set_meta(self, key: str, value: Any) -> None:
         await self._db.execute(
@@ -942,3 +917,49 @@ def _take_writer_lock(path: Path) -> IO[str]:
             "store (readers may open it read-only)"
         )
     return handle
+
+
+def _write_tick(
+    db: sqlite3.Connection,
+    rows: list[tuple[int, int, int, float]],
+    missing: list[tuple[Sample, SeriesKey]],
+    events: list[tuple[int, str, str, str, str]],
+    rewind_to: int | None,
+) -> dict[SeriesKey, int]:
+    """One tick's transaction, run on the store connection's own thread."""
+    fresh: dict[SeriesKey, int] = {}
+    try:
+        added = []
+        for sample, key in missing:
+            series_id = fresh.get(key)
+            if series_id is None:
+                # The no-op update makes RETURNING answer for a row that exists too.
+                series_id = fresh[key] = db.execute(
+                    "INSERT INTO series (name, labels_json) VALUES (?, ?) "
+                    "ON CONFLICT (name, labels_json) DO UPDATE SET name = excluded.name "
+                    "RETURNING id",
+                    (key[0], labels_json(key[1])),
+                ).fetchone()[0]
+            ms = to_ms(sample.ts)
+            added.append((ms // MINUTE_MS, series_id, ms, sample.value))
+        if rows or added:
+            db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", rows + added)
+        if events:
+            db.executemany(
+                "INSERT INTO events (ts, kind, source, severity, text) VALUES (?, ?, ?, ?, ?)",
+                events,
+            )
+        if rewind_to is not None:
+            # Samples late for minutes already rolled up (a buffered tick
+            # written after a disk-full spell): roll those minutes again.
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('rolled_through', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (rewind_to,),
+            )
+        db.commit()
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.rollback()
+        raise
+    return fresh
