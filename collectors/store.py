@@ -55,6 +55,10 @@ ROLLUP_GRACE_MS = 10_000
 ROLLUP_CHUNK_MINUTES = 60
 EXPIRE_CHUNK_ROWS = 10_000
 BUSY_TIMEOUT_MS = 5_000
+SET_META_SQL = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
 
 # Samples are keyed (minute, series_id, ts): reads name the minutes they
 # want ({minutes}) and the series ({ids}) so SQLite seeks one short run per
@@ -438,11 +442,7 @@ class Store:
         return len(rows) + len(missing)
 
     async def _set_meta(self, key: str, value: Any) -> None:
-        await self._db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
+        await self._db.execute(SET_META_SQL, (key, value))
 
     async def _load_watermark(self) -> None:
         async with self._db.execute("SELECT value FROM meta WHERE key = 'rolled_through'") as cur:
@@ -952,11 +952,7 @@ def _write_tick(
         if rewind_to is not None:
             # Samples late for minutes already rolled up (a buffered tick
             # written after a disk-full spell): roll those minutes again.
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES ('rolled_through', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (rewind_to,),
-            )
+            db.execute(SET_META_SQL, ("rolled_through", rewind_to))
         db.commit()
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
