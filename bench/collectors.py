@@ -14,6 +14,13 @@
    Also timed reading raw samples only, to show what the roll-ups buy.
 
     python bench/collectors.py [--duration 300] [--ingest-ticks 5000] [--skip-daemon]
+    python bench/collectors.py --compare-with OLD_CHECKOUT [--duration 120] [--rounds 2]
+
+``--compare-with`` runs two daemons against one lab at the same time, this
+checkout's and another's (a copy of an older commit), each with its own
+store, and reports both: the host's speed swings too much from hour to hour
+for figures taken in different runs to be compared. Each round restarts both
+daemons, the order of starting them alternating.
 """
 
 from __future__ import annotations
@@ -54,24 +61,26 @@ def log(message: str) -> None:
     print(f"# {message}", file=sys.stderr, flush=True)
 
 
-def quell(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def quell(
+    *args: str, env: dict[str, str], checkout: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "console", *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+        capture_output=True, text=True, env=env, cwd=checkout, timeout=120,
     )  # fmt: skip
 
 
 @contextmanager
-def lab(state_dir: Path) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
+def lab(state_dir: Path, checkout: Path = ROOT) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
     env = {**os.environ, "QUELL_STATE_DIR": str(state_dir)}
-    started = quell("lab", "up", "--detach", env=env)
+    started = quell("lab", "up", "--detach", env=env, checkout=checkout)
     if started.returncode != 0:
         raise SystemExit(f"the lab did not start:\n{started.stdout}{started.stderr}")
     try:
-        state = json.loads(quell("lab", "status", "--json", env=env).stdout)
+        state = json.loads(quell("lab", "status", "--json", env=env, checkout=checkout).stdout)
         yield state, env
     finally:
-        quell("lab", "down", env=env)
+        quell("lab", "down", env=env, checkout=checkout)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -112,40 +121,97 @@ def daemon_config(state: dict[str, Any], directory: Path) -> Path:
 def measure_daemon(
     state: dict[str, Any], env: dict[str, str], directory: Path, duration: float
 ) -> dict[str, Any]:
-    config = daemon_config(state, directory)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "console", "collect", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
-    )  # fmt: skip
+    return measure_daemons(state, env, {"": (ROOT, directory)}, duration)[""]
+
+
+def measure_daemons(
+    state: dict[str, Any],
+    env: dict[str, str],
+    checkouts: dict[str, tuple[Path, Path]],
+    duration: float,
+) -> dict[str, dict[str, Any]]:
+    """One daemon per checkout (name -> (checkout, scratch folder)), all measured at once."""
+    processes: dict[str, tuple[subprocess.Popen[str], str]] = {}
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if " listening on " not in line:
-            raise SystemExit(f"the daemon did not start: {line!r}")
-        url = line.split(" listening on ", 1)[1].strip()
+        for name, (checkout, directory) in checkouts.items():
+            directory.mkdir(parents=True, exist_ok=True)
+            config = daemon_config(state, directory)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "console", "collect", "--config", str(config)],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                cwd=checkout,
+            )  # fmt: skip
+            processes[name] = process, ""
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            if " listening on " not in line:
+                raise SystemExit(f"the daemon of {checkout} did not start: {line!r}")
+            processes[name] = process, line.split(" listening on ", 1)[1].strip()
         time.sleep(WARMUP_S)
-        start_cpu, start_wall = cpu_seconds(process.pid), time.monotonic()
-        peak = rss_bytes(process.pid)
+        start_wall = time.monotonic()
+        start_cpu = {name: cpu_seconds(p.pid) for name, (p, _) in processes.items()}
+        peak = {name: rss_bytes(p.pid) for name, (p, _) in processes.items()}
         while time.monotonic() - start_wall < duration:
             time.sleep(min(5.0, duration))
-            peak = max(peak, rss_bytes(process.pid))
-        cpu = cpu_seconds(process.pid) - start_cpu
+            for name, (p, _) in processes.items():
+                peak[name] = max(peak[name], rss_bytes(p.pid))
+        cpu = {name: cpu_seconds(p.pid) - start_cpu[name] for name, (p, _) in processes.items()}
         wall = time.monotonic() - start_wall
-        with urllib.request.urlopen(url + "/status", timeout=5) as answer:  # noqa: S310
-            status = json.loads(answer.read())
-        rss = rss_bytes(process.pid)
+        results: dict[str, dict[str, Any]] = {}
+        for name, (process, url) in processes.items():
+            with urllib.request.urlopen(url + "/status", timeout=5) as answer:  # noqa: S310
+                status = json.loads(answer.read())
+            samples = status["store"]["samples_written"]
+            results[name] = {
+                "cpu_percent": 100.0 * cpu[name] / wall,
+                "rss": rss_bytes(process.pid),
+                "peak_rss": peak[name],
+                "ticks": status["ticks"],
+                "samples_per_tick": samples / max(1, status["ticks"]),
+                "down": sorted(n for n, t in status["targets"].items() if not t["up"]),
+            }
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(10)
-    samples = status["store"]["samples_written"]
-    return {
-        "cpu_percent": 100.0 * cpu / wall,
-        "rss": rss,
-        "peak_rss": peak,
-        "ticks": status["ticks"],
-        "samples_per_tick": samples / max(1, status["ticks"]),
-        "down": sorted(n for n, t in status["targets"].items() if not t["up"]),
-    }
+        for process, _ in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process, _ in processes.values():
+            process.wait(10)
+    return results
+
+
+def compare_daemons(old: Path, duration: float, rounds: int, lab_checkout: Path) -> int:
+    """This checkout's daemon and ``old``'s, side by side against one lab."""
+    speed_before = python_speed_ns()
+    figures: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+    with tempfile.TemporaryDirectory(prefix="quell-bench-") as scratch:
+        directory = Path(scratch)
+        with lab(directory / "state", lab_checkout) as (state, env):
+            for round_ in range(rounds):
+                order = [("old", old), ("new", ROOT)]
+                if round_ % 2:
+                    order.reverse()
+                log(f"round {round_ + 1}/{rounds}: both daemons for {duration:g} s")
+                checkouts = {n: (c, directory / f"{n}-{round_}") for n, c in order}
+                for name, result in measure_daemons(state, env, checkouts, duration).items():
+                    figures[name].append(result)
+    print("```")
+    print("$ " + shlex.join(["python", "bench/collectors.py", *sys.argv[1:]]))
+    print("\n".join(machine_facts()))
+    print(f"CPU speed check: {speed_before} ns/iteration before, {python_speed_ns()} after")
+    print("```")
+    print()
+    rows = []
+    for round_ in range(rounds):
+        before, after = figures["old"][round_], figures["new"][round_]
+        change = 100.0 * (after["cpu_percent"] / before["cpu_percent"] - 1.0)
+        rows.append([
+            str(round_ + 1), f"{before['cpu_percent']:.2f} %", f"{after['cpu_percent']:.2f} %",
+            f"{change:+.0f} %",
+            f"{before['samples_per_tick']:.0f} / {after['samples_per_tick']:.0f}",
+            f"{before['rss'] / 2**20:.1f} / {after['rss'] / 2**20:.1f} MiB",
+        ])  # fmt: skip
+    print(table(["round", f"old ({old})", "new (this checkout)", "change",
+                 "samples/tick old / new", "RSS old / new"], rows))  # fmt: skip
+    return 0
 
 
 def per_call_ms(action: Callable[[], object], repeat: int) -> float:
@@ -312,7 +378,21 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=300.0, help="daemon run, seconds")
     parser.add_argument("--ingest-ticks", type=int, default=5000, help="ticks of 200 samples")
     parser.add_argument("--skip-daemon", action="store_true", help="store figures only")
+    parser.add_argument(
+        "--compare-with", type=Path, metavar="CHECKOUT",
+        help="daemon CPU only: this checkout's daemon and CHECKOUT's, side by side",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=2, help="with --compare-with")
+    parser.add_argument(
+        "--lab-from", type=Path, default=ROOT, metavar="CHECKOUT",
+        help="with --compare-with: start the lab from this checkout (the watched system "
+        "stays the same whichever daemons are compared)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.compare_with is not None:
+        return compare_daemons(
+            args.compare_with.resolve(), args.duration, args.rounds, args.lab_from.resolve()
+        )
     facts = machine_facts()
     # This host's speed swings by half from hour to hour (a busy neighbour
     # shows as no steal time); every CPU figure below moves with this one.

@@ -71,23 +71,55 @@ class Scrape:
         totals: dict[LabelSet, float] = {}
         counts: dict[LabelSet, float] = {}
         bucket_name, sum_name, count_name = f"{name}_bucket", f"{name}_sum", f"{name}_count"
+        shared = _SHARED.get
         for sample_name, sample_labels, value in family.samples:
             if sample_name == bucket_name:
-                key = frozenset((k, v) for k, v in sample_labels.items() if k != "le")
-                try:
-                    bound = float(sample_labels.get("le", "+Inf"))
-                except ValueError:
+                known = shared(id(sample_labels))
+                if known is None or known[0] is not sample_labels:
+                    known = _derive(sample_labels)
+                _, _, key, bound = known
+                if bound is None:
                     continue
-                buckets.setdefault(key, []).append((bound, value))
+                parts = buckets.get(key)
+                if parts is None:
+                    buckets[key] = [(bound, value)]
+                else:
+                    parts.append((bound, value))
             elif sample_name == sum_name:
-                totals[frozenset(sample_labels.items())] = value
+                totals[label_set(sample_labels)] = value
             elif sample_name == count_name:
-                counts[frozenset(sample_labels.items())] = value
+                counts[label_set(sample_labels)] = value
         readings: dict[LabelSet, HistogramReading] = {}
         for key, parts in buckets.items():
             count = counts.get(key, max((c for _, c in parts), default=0.0))
             readings[key] = HistogramReading(tuple(sorted(parts)), totals.get(key, 0.0), count)
         return readings
+
+
+def label_set(labels: Mapping[str, str]) -> LabelSet:
+    """``labels`` as a hashable set, worked out once for the labels of a cached head."""
+    known = _SHARED.get(id(labels))
+    if known is not None and known[0] is labels:
+        return known[1]
+    return frozenset(labels.items())
+
+
+_Derived = tuple[Mapping[str, str], LabelSet, LabelSet, float | None]
+
+
+def _derive(labels: Mapping[str, str]) -> _Derived:
+    """(labels, their set, their set without ``le``, the bucket bound).
+
+    The bound is +Inf without ``le`` and None when ``le`` is no number.
+    """
+    every = frozenset(labels.items())
+    if "le" not in labels:
+        return labels, every, every, math.inf
+    try:
+        bound: float | None = float(labels["le"])
+    except ValueError:
+        bound = None
+    return labels, every, frozenset((k, v) for k, v in every if k != "le"), bound
 
 
 def parse_exposition(text: str, wanted: frozenset[str] | None = None) -> Scrape:
@@ -149,6 +181,12 @@ _LABEL_CACHE_MAX = 50_000
 # expressions altogether.
 _HEADS: dict[str, tuple[str, Mapping[str, str]]] = {}
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
+# id of a cached head's labels -> _derive(labels). The head cache hands out
+# one labels object per head, scrape after scrape, so readers look up what
+# they derive from it (a histogram's label set, its bucket bound) by id
+# instead of rebuilding it for every sample of every scrape. Each entry
+# holds its object, so the id cannot be reused while the entry is there.
+_SHARED: dict[int, _Derived] = {id(_NO_LABELS): _derive(_NO_LABELS)}
 
 
 class _Unusual(Exception):
@@ -254,7 +292,10 @@ def _parse_common(text: str, wanted: frozenset[str] | None = None) -> tuple[Scra
                 # shared from one scrape to the next, hence read-only.
                 if len(_HEADS) >= _LABEL_CACHE_MAX:
                     _HEADS.clear()
+                    _SHARED.clear()
+                    _SHARED[id(_NO_LABELS)] = _derive(_NO_LABELS)
                 _HEADS[head] = (sample_name, labels)
+                _SHARED[id(labels)] = _derive(labels)
             value_text = matched_value
         if "_" in value_text:
             raise _Unusual

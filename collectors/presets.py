@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from collectors.exposition import Scrape, family_names
+from collectors.exposition import LabelSet, Scrape, family_names, label_set
 from collectors.model import Labels
 from collectors.rates import HistogramReading
 from collectors.readings import Reading
@@ -437,6 +437,32 @@ def detect(scrape: Scrape) -> Preset | None:
 # -- applying a preset -----------------------------------------------------
 
 
+# (id of a rule, a label set it read) -> (the rule, its kept labels, or None
+# where ``where`` refuses them). A page's label sets repeat every scrape, and
+# filtering and renaming them again was most of a preset's CPU. The entry
+# holds its rule, so the id cannot be reused while the entry is there.
+_KEPT: dict[tuple[int, LabelSet], tuple[Rule, Labels | None]] = {}
+_KEPT_MAX = 50_000
+
+
+def _kept_once(
+    rule_: Rule, key: LabelSet, source_labels: Mapping[str, str] | None = None
+) -> Labels | None:
+    """``_kept`` of labels ``where`` accepts, None for the others; ``key``: the labels' set."""
+    known = _KEPT.get((id(rule_), key))
+    if known is not None and known[0] is rule_:
+        return known[1]
+    if source_labels is None:
+        source_labels = dict(key)
+    kept: Labels | None = None
+    if rule_.where is None or rule_.where(source_labels):
+        kept = _kept(rule_, source_labels)
+    if len(_KEPT) >= _KEPT_MAX:
+        _KEPT.clear()
+    _KEPT[(id(rule_), key)] = (rule_, kept)
+    return kept
+
+
 def _kept(rule_: Rule, source_labels: Mapping[str, str]) -> Labels:
     if not rule_.keep:
         return tuple(sorted(rule_.fixed)) if rule_.fixed else ()
@@ -465,10 +491,9 @@ def _values(
     totals: dict[Labels, float] = {}
     for family in families:
         for source_labels, value in scrape.values(family):
-            if rule_.where is not None and not rule_.where(source_labels):
-                continue
-            key = _kept(rule_, source_labels)
-            totals[key] = totals.get(key, 0.0) + sign * value
+            key = _kept_once(rule_, label_set(source_labels), source_labels)
+            if key is not None:
+                totals[key] = totals.get(key, 0.0) + sign * value
     return totals
 
 
@@ -507,11 +532,10 @@ def extract(preset: Preset, scrape: Scrape) -> list[Reading]:
 def _histogram_readings(scrape: Scrape, r: Rule) -> list[Reading]:
     grouped: dict[Labels, HistogramReading] = {}
     for source in r.sources:
-        for label_set, reading in scrape.histograms(source).items():
-            source_labels = dict(label_set)
-            if r.where is not None and not r.where(source_labels):
+        for labels, reading in scrape.histograms(source).items():
+            key = _kept_once(r, labels)
+            if key is None:
                 continue
-            key = _kept(r, source_labels)
             previous = grouped.get(key)
             grouped[key] = reading if previous is None else _sum_histograms(previous, reading)
     readings = [

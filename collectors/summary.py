@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from collectors.model import Sample
+from collectors.model import Labels, Sample
 from collectors.signals import SIGNALS
 
 
@@ -45,11 +45,40 @@ def summarize(samples: Iterable[Sample]) -> tuple[dict[str, float], dict[str, li
             # Most series have one sample a round: nothing to combine or split.
             values[series] = group[0].value
             continue
-        constant = set.intersection(*(set(s.labels) for s in group))
-        varying = [(s, {k: v for k, v in s.labels if (k, v) not in constant}) for s in group]
-        fewest = min(len(extra) for _, extra in varying)
-        values[series] = _combine(series, [s.value for s, extra in varying if len(extra) == fewest])
-        finer = [Part(extra, s.value) for s, extra in varying if extra]
-        if finer:
-            parts[series] = sorted(finer, key=lambda p: sorted(p.labels.items()))
+        layout = _layout(series, tuple(s.labels for s in group))
+        values[series] = _combine(series, [group[i].value for i in layout.fewest])
+        if layout.finer:
+            # A copy each round: whoever reads the parts may keep or change them.
+            parts[series] = [Part(dict(extra), group[i].value) for i, extra in layout.finer]
     return values, parts
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    fewest: tuple[int, ...]  # the samples with the fewest varying labels
+    finer: tuple[tuple[int, dict[str, str]], ...]  # (sample, varying labels), in parts order
+
+
+# A source's label sets repeat every round, and the daemon summarises every
+# queue each tick: working out which labels vary, and the parts' order, was
+# most of diagnosis' share of a tick.
+_LAYOUTS: dict[tuple[str, tuple[Labels, ...]], _Layout] = {}
+_LAYOUTS_MAX = 10_000
+
+
+def _layout(series: str, label_sets: tuple[Labels, ...]) -> _Layout:
+    key = (series, label_sets)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        constant = set.intersection(*(set(labels) for labels in label_sets))
+        varying = [{k: v for k, v in labels if (k, v) not in constant} for labels in label_sets]
+        least = min(len(extra) for extra in varying)
+        finer = [(i, extra) for i, extra in enumerate(varying) if extra]
+        finer.sort(key=lambda part: sorted(part[1].items()))
+        layout = _Layout(
+            tuple(i for i, extra in enumerate(varying) if len(extra) == least), tuple(finer)
+        )
+        if len(_LAYOUTS) >= _LAYOUTS_MAX:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = layout
+    return layout

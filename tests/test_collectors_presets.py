@@ -541,3 +541,71 @@ def test_the_line_cache_reads_each_scrape_s_own_value() -> None:
     # With a timestamp the head is not cached, and the value is still the value.
     assert value('# TYPE x_waiting gauge\nx_waiting{a="1 2"} 3 1700000000000\n') == 3.0
     assert value('# TYPE x_waiting gauge\nx_waiting{a="1 2"} 4\n') == 4.0
+
+
+def test_histograms_and_kept_labels_follow_each_scrape_s_values_once_cached() -> None:
+    """The derived label sets and kept labels are cached; the numbers must not be."""
+    preset = PROMETHEUS_PRESETS["quell-gateway"]
+
+    def page(scale: int) -> str:
+        lines = ["# TYPE quell_gateway_queue_wait_seconds histogram"]
+        for priority in ("critical", "standard"):
+            for bound, count in (("0.1", 1), ("1.0", 3), ("+Inf", 4)):
+                lines.append(
+                    f'quell_gateway_queue_wait_seconds_bucket{{le="{bound}",priority="{priority}"}}'
+                    f" {count * scale}"
+                )
+            lines.append(f'quell_gateway_queue_wait_seconds_sum{{priority="{priority}"}} {scale}')
+            lines.append(
+                f'quell_gateway_queue_wait_seconds_count{{priority="{priority}"}} {4 * scale}'
+            )
+        lines.append("# TYPE quell_gateway_requests_total counter")
+        for outcome in ("ok", "works_queue_full", "upstream_error"):
+            lines.append(
+                f'quell_gateway_requests_total{{outcome="{outcome}",priority="standard"}} {scale}'
+            )
+        return "\n".join(lines) + "\n"
+
+    for scale in (1, 2, 3):
+        text = page(scale)
+        cached = extract(preset, parse_exposition(text, preset.families()))
+        assert cached == extract(preset, _parse_any(text))
+        by_series = {(r.series, r.labels): r for r in cached}
+        overall = by_series[("queue_wait_seconds", ())].histogram
+        assert overall is not None and overall.count == 8 * scale
+        assert (
+            by_series[
+                ("rejected_total", (("priority", "standard"), ("reason", "queue_full")))
+            ].value
+            == scale
+        )
+        assert (
+            by_series[
+                ("failed_total", (("priority", "standard"), ("reason", "upstream_error")))
+            ].value
+            == scale
+        )
+        assert by_series[("completed_total", (("priority", "standard"),))].value == scale
+
+
+def test_summaries_of_a_repeated_layout_read_each_round_s_values() -> None:
+    def round_(offset: float) -> list[Sample]:
+        return [
+            Sample("rejected_rate", (("reason", "queue_full"), ("target", "g")), 0.0, 1.0 + offset),
+            Sample(
+                "rejected_rate", (("reason", "rate_limited"), ("target", "g")), 0.0, 2.0 + offset
+            ),
+            Sample("queue_wait_seconds", (("priority", "a"), ("target", "g")), 0.0, 4.0 + offset),
+            Sample("queue_wait_seconds", (("target", "g"),), 0.0, 3.0 + offset),
+        ]
+
+    first_values, first_parts = summarize(round_(0.0))
+    first_parts["rejected_rate"][0].labels["reason"] = "changed by a reader"
+    values, parts = summarize(round_(10.0))
+    assert first_values == {"rejected_rate": 3.0, "queue_wait_seconds": 3.0}
+    assert values == {"rejected_rate": 23.0, "queue_wait_seconds": 13.0}
+    assert [(p.labels, p.value) for p in parts["rejected_rate"]] == [
+        ({"reason": "queue_full"}, 11.0),
+        ({"reason": "rate_limited"}, 12.0),
+    ]
+    assert [(p.labels, p.value) for p in parts["queue_wait_seconds"]] == [({"priority": "a"}, 14.0)]
