@@ -288,6 +288,9 @@ class QuellConsole(App[int]):
             self.refresh_data()
 
     def _on_timer(self) -> None:
+        if not self.is_running:
+            # A tick can land while the app tears its widgets down.
+            return
         real = time.monotonic()
         elapsed, self._last_timer = real - self._last_timer, real
         clock = self.clock
@@ -347,6 +350,8 @@ class QuellConsole(App[int]):
         self._advised_for = snapshot.now
 
     def _apply(self, snapshot: Snapshot, found: list[Event], reset: bool) -> None:
+        if not self.is_running:
+            return  # a read that finished after the app began to close
         self.snapshot = snapshot
         with self.batch_update():
             self.query_one(VerdictStrip).set_verdicts(snapshot.queues, snapshot.now)

@@ -13,16 +13,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import queue
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from console.demo import Demo, DemoEvent
 
 READY_WAIT_S = 90.0
+INBOX_POLL_S = 0.1
 NOTIFY_KINDS = {"phase": "information", "verdict": "warning", "recovered": "information",
                 "problem": "error", "summary": "information"}  # fmt: skip
 
@@ -65,6 +68,7 @@ class _Script(threading.Thread):
             pass
         except Exception as error:  # reported on screen and on exit
             self.failed = error
+            demo.emit("problem", f"the demo stopped: {error}")
         finally:
             self.ready.set()
             await demo.stop()
@@ -88,31 +92,37 @@ def run_console_demo(args: argparse.Namespace) -> int:
 
 
 def _run(directory: Path, args: argparse.Namespace) -> int:
-    from console.tui.app import QuellConsole
     from console.tui.feeds import plan_feed
     from console.tui.logcapture import captured_logs
     from console.tui.settings import load_settings
     from console.tui.views.playbooks import ConfirmPlan, plan_text
 
-    app: QuellConsole | None = None
+    # The script's thread never calls into the console: Textual's
+    # call_from_thread raises before the app runs (the first phase event can
+    # come that early) and blocks the caller until the UI answers, which
+    # would stall the collector loop behind a busy screen. It leaves work in
+    # this inbox instead, and the console drains it on a timer.
+    inbox: queue.SimpleQueue[Callable[[Any], None]] = queue.SimpleQueue()
 
     def on_event(event: DemoEvent) -> None:
         severity = NOTIFY_KINDS.get(event.kind)
-        if app is not None and severity is not None:
-            app.call_from_thread(app.notify, event.text, severity=severity, timeout=8)
+        if severity is not None:
+            inbox.put(lambda app: app.notify(event.text, severity=severity, timeout=8))
 
     async def confirm(name: str, plan: Any) -> bool:
-        if args.auto or app is None:
+        if args.auto:
             return True
         answer: concurrent.futures.Future[bool] = concurrent.futures.Future()
 
-        def ask() -> None:
-            assert app is not None
-            title = f"Run {name}? These values change now (y/n):"
-            app.push_screen(ConfirmPlan(title, plan_text(plan), plan.dangerous),
-                            callback=lambda ok: answer.set_result(bool(ok)))  # fmt: skip
+        def answered(ok: bool | None) -> None:
+            if not answer.done():
+                answer.set_result(bool(ok))
 
-        app.call_from_thread(ask)
+        def ask(app: Any) -> None:
+            title = f"Run {name}? These values change now (y/n):"
+            app.push_screen(ConfirmPlan(title, plan_text(plan), plan.dangerous), callback=answered)
+
+        inbox.put(ask)
         return await asyncio.wrap_future(answer)
 
     demo = Demo(directory, args.duration, confirm=confirm, on_event=on_event)
@@ -126,7 +136,7 @@ def _run(directory: Path, args: argparse.Namespace) -> int:
         print(f"quell demo: could not start: {script.failed}", file=sys.stderr)
         return 1
     with captured_logs() as logs:
-        app = QuellConsole(plan_feed(store=demo.store_path), load_settings(None), logs=logs)
+        app = _demo_console(inbox)(plan_feed(store=demo.store_path), load_settings(None), logs=logs)
         try:
             app.run()
         finally:
@@ -135,8 +145,32 @@ def _run(directory: Path, args: argparse.Namespace) -> int:
     for event in demo.events:
         if event.kind in ("verdict", "playbook", "recovered", "summary", "problem"):
             print(event.line())
+    # Read again: the script may have failed while the console was up.
+    failed: BaseException | None = script.failed
+    if failed is not None:
+        print(f"quell demo: stopped by an error: {failed}", file=sys.stderr)
+        return 1
     if script.ok:
         print("demo: every verdict found and fixed")
         return 0
     print("demo: stopped before the end" if script.ok is None else "demo: something was missed")
     return 0 if script.ok is None else 1
+
+
+def _demo_console(inbox: queue.SimpleQueue[Callable[[Any], None]]) -> type[Any]:
+    from console.tui.app import QuellConsole
+
+    class DemoConsole(QuellConsole):
+        def on_ready(self) -> None:
+            self._drain_inbox()
+            self.set_interval(INBOX_POLL_S, self._drain_inbox)
+
+        def _drain_inbox(self) -> None:
+            while True:
+                try:
+                    work = inbox.get_nowait()
+                except queue.Empty:
+                    return
+                work(self)
+
+    return DemoConsole
