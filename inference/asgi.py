@@ -1,11 +1,11 @@
 """A small raw-ASGI toolkit shared by the engine and the gateway.
 
-Raw ASGI on uvicorn (uvloop, httptools) answered about 45,000 immediate 503s
-per second here where Starlette managed about 26,000 (see DESIGN.md), and
-shedding must never be the thing that falls over, so the servers speak ASGI
-directly. This module keeps that bearable: body reading with a size limit,
-JSON and OpenAI-shaped error responses, bearer tokens compared in constant
-time, and a route table.
+Raw ASGI answered about 45,000 immediate 503s per second here where
+Starlette managed about 26,000 (see DESIGN.md), and shedding must never be
+the thing that falls over, so the servers speak ASGI directly, on the
+project's own HTTP server (``inference.http_server``). This module keeps
+that bearable: body reading with a size limit, JSON and OpenAI-shaped error
+responses, bearer tokens compared in constant time, and a route table.
 """
 
 from __future__ import annotations

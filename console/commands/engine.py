@@ -127,5 +127,4 @@ def serve_engine(args: argparse.Namespace) -> int:
         sock = bind_socket(args.host, args.port)
     except OSError as error:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror}") from None
-    serve(EngineApp(config), sock, "quell engine")
-    return 0
+    return 0 if serve(EngineApp(config), sock, "quell engine") else 1

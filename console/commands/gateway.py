@@ -91,5 +91,4 @@ def serve_gateway(args: argparse.Namespace) -> int:
         sock = bind_socket(host, port)
     except OSError as error:
         raise UsageError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    serve(app, sock, "quell gateway")
-    return 0
+    return 0 if serve(app, sock, "quell gateway") else 1

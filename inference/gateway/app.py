@@ -59,8 +59,8 @@ CLOSE = ((b"connection", b"close"),)
 class Rejection:
     """An error answer built once and sent many times.
 
-    uvicorn copies what it needs out of each message, so the two message
-    dicts are shared between requests.
+    The server copies what it needs out of each message and never changes
+    one, so the two message dicts are shared between requests.
     """
 
     __slots__ = ("body", "log_error", "start", "status")
