@@ -17,16 +17,16 @@ import math
 import time
 from dataclasses import dataclass
 
-import aiohttp
 from prometheus_client import Counter, Histogram
 
 from inference.asgi import Receive, Send, error_body, send_bytes
 from inference.gateway.metrics import GatewayMetrics
+from inference.gateway.upstream_client import ConnectFailed, Response, UpstreamError
 from inference.gateway.upstreams import Upstream, UpstreamPool
 
 SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 # Error headers an upstream sets that a client needs to back off properly.
-PASSED_ERROR_HEADERS = ("Retry-After", "retry-after-ms")
+PASSED_ERROR_HEADERS = (b"retry-after", b"retry-after-ms")
 USAGE_MARK = b'"usage"'
 # An internal outcome: the connection was refused, nothing was sent.
 CONNECT_FAILED = "connect_failed"
@@ -145,61 +145,56 @@ class Forwarder:
         receive: Receive,
         send: Send,
     ) -> Forwarded:
-        session = self.pool.session
-        assert session is not None
+        client = upstream.client
+        assert client is not None
         upstream.in_flight += 1
         started = time.monotonic()
         success = False
         try:
-            async with session.request(
-                method,
-                upstream.url_for(path),
-                data=body,
-                headers=upstream.headers,
-                timeout=upstream.timeout,
-            ) as response:
-                status = response.status
-                success = status < 500
-                content_type = response.headers.get("Content-Type", "application/json").encode()
-                if stream and status == 200:
+            response = await client.request(method, path, body)
+            status = response.status
+            success = status < 500
+            content_type = response.header(b"content-type") or b"application/json"
+            if stream and status == 200:
+                try:
                     result = await _relay_stream(response, content_type, upstream, receive, send)
-                    success = result.outcome in ("ok", "client_gone")
-                    return result
-                data = await response.read()
-                headers = [upstream.name_header]
-                if status >= 400:
-                    for name in PASSED_ERROR_HEADERS:
-                        value = response.headers.get(name)
-                        if value is not None:
-                            headers.append((name.lower().encode(), value.encode()))
-        except TimeoutError:
+                finally:
+                    # Not read to the end (client gone, error): the connection
+                    # closes, which is how the engine learns to stop generating.
+                    response.release()
+                success = result.outcome in ("ok", "client_gone")
+                return result
+            data = await response.read()
+            headers = [upstream.name_header]
+            if status >= 400:
+                for name in PASSED_ERROR_HEADERS:
+                    value = response.header(name)
+                    if value is not None:
+                        headers.append((name, value))
+        except TimeoutError as exc:
             return await _answer_error(
                 send,
                 Forwarded(
-                    504,
-                    "upstream_timeout",
-                    upstream,
-                    error=f"upstream {upstream.name} did not answer within "
-                    f"{upstream.settings.read_timeout_s:g} s",
+                    504, "upstream_timeout", upstream, error=f"upstream {upstream.name}: {exc}"
                 ),
                 504,
                 "upstream_timeout",
             )
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectFailed as exc:
             return Forwarded(
                 502,
                 CONNECT_FAILED,
                 upstream,
-                error=f"cannot connect to upstream {upstream.name}: {exc.strerror or exc}",
+                error=f"cannot connect to upstream {upstream.name}: {exc}",
             )
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             return await _answer_error(
                 send,
                 Forwarded(
                     502,
                     "upstream_unreachable",
                     upstream,
-                    error=f"upstream {upstream.name} failed: {exc.__class__.__name__}",
+                    error=f"upstream {upstream.name} failed: {exc}",
                 ),
                 502,
                 "upstream_unreachable",
@@ -250,7 +245,7 @@ async def _answer_error(
 
 
 async def _relay_stream(
-    response: aiohttp.ClientResponse,
+    response: Response,
     content_type: bytes,
     upstream: Upstream,
     receive: Receive,
@@ -272,7 +267,7 @@ async def _relay_stream(
     gone = asyncio.ensure_future(receive())
     result = Forwarded(200, "ok", upstream)
     try:
-        async for chunk in response.content.iter_any():
+        async for chunk in response.chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if USAGE_MARK in chunk:
                 prompt, completion = usage_counts(chunk)
@@ -282,17 +277,12 @@ async def _relay_stream(
                 result.outcome = "client_gone"
                 result.error = "the client disconnected during the stream"
                 return result
-    except TimeoutError:
+    except TimeoutError as exc:
         result.outcome = "upstream_timeout"
-        result.error = (
-            f"upstream {upstream.name} sent nothing for "
-            f"{upstream.settings.read_timeout_s:g} s during the stream"
-        )
-    except aiohttp.ClientError as exc:
+        result.error = f"upstream {upstream.name} during the stream: {exc}"
+    except UpstreamError as exc:
         result.outcome = "upstream_unreachable"
-        result.error = (
-            f"upstream {upstream.name} failed during the stream: {exc.__class__.__name__}"
-        )
+        result.error = f"upstream {upstream.name} failed during the stream: {exc}"
     finally:
         gone.cancel()
     tail = b""
