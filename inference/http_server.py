@@ -251,6 +251,8 @@ class _Exchange:
             pass
         elif not more:
             head.append(b"content-length: %d\r\n" % first_len)
+        elif self.head:
+            pass  # no body follows, so no framing: a streamed length is unknown
         elif self.http10:
             self.keep_alive = False  # the end of the body is the end of the connection
         else:

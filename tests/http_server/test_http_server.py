@@ -180,6 +180,19 @@ async def test_head_gets_the_headers_without_the_body() -> None:
         writer.close()
 
 
+async def test_head_of_a_streamed_answer_has_no_body_and_no_chunk_framing() -> None:
+    async with running() as (_, port):
+        reader, writer = await connect(port)
+        writer.write(
+            b"HEAD /stream HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head
+        status, _, body = await read_response(reader)
+        assert status == 200 and body == b"GET /after q= len=0"
+        writer.close()
+
+
 async def test_a_large_body_arrives_whole_through_paused_reads() -> None:
     size = 3 << 20  # past the high-water mark several times over
     async with running() as (_, port):
