@@ -211,3 +211,36 @@ def test_only_http_urls() -> None:
 
     with pytest.raises(ValueError, match="not an http"):
         asyncio.run(make())
+
+
+async def test_a_removed_upstream_closes_its_connections_after_its_last_request() -> None:
+    from inference.gateway.config import UpstreamConfig, UpstreamSettings
+    from inference.gateway.upstreams import UpstreamPool
+
+    async with upstream() as (raw, url):
+        settings = UpstreamSettings(health_interval_s=60.0)
+        pool = UpstreamPool([UpstreamConfig("e0", url, settings)], settings)
+        await pool.start()
+        try:
+            e0 = pool.by_name["e0"]
+
+            def open_client() -> UpstreamClient | None:
+                return e0.client
+
+            c = open_client()
+            assert c is not None
+            response = await c.request("GET", "/ok")
+            await response.read()
+            e0.in_flight = 1  # a request still being answered
+            pool.remove("e0")
+            await asyncio.sleep(0.7)
+            assert open_client() is not None, "closed under a request in flight"
+            e0.in_flight = 0
+            for _ in range(40):
+                if open_client() is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert open_client() is None
+            await asyncio.wait_for(raw.closed_by_client.wait(), 5)
+        finally:
+            await pool.stop()

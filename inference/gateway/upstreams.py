@@ -29,6 +29,7 @@ UNHEALTHY_AFTER_FAILED_CHECKS = 2
 # Below the engine's 5 s keep-alive, so the gateway drops an idle connection
 # before the engine does and never writes a request into a closing socket.
 KEEPALIVE_S = 4.0
+RETIRE_POLL_S = 0.5
 
 
 class Upstream:
@@ -120,8 +121,8 @@ class UpstreamPool:
         self.by_name = {u.name: u for u in self.upstreams}
         self._next = 0
         self.started = False
-        # Removed at run time, closed at stop: requests in flight still hold them.
-        self._removed: list[Upstream] = []
+        # Upstreams removed at run time, closing once their requests are answered.
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.started = True
@@ -131,9 +132,12 @@ class UpstreamPool:
     async def stop(self) -> None:
         for upstream in self.upstreams:
             await upstream.close()
-        for upstream in self._removed:
-            await upstream.close()
-        self._removed.clear()
+        retiring = list(self._retiring)
+        for task in retiring:
+            task.cancel()
+        for task in retiring:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def pick(self, now: float) -> Upstream | None:
         """The least-busy eligible upstream, or None when none may take a request."""
@@ -194,8 +198,20 @@ class UpstreamPool:
         if upstream.health_task is not None:
             upstream.health_task.cancel()
             upstream.health_task = None
-        self._removed.append(upstream)
+        if self.started:
+            task = asyncio.create_task(self._retire(upstream), name=f"retire-{name}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
         return upstream
+
+    async def _retire(self, upstream: Upstream) -> None:
+        """Close a removed upstream's connections once its last request is answered."""
+        try:
+            # Nothing signals "in_flight reached 0"; a removal is rare enough to poll.
+            while upstream.in_flight:  # noqa: ASYNC110
+                await asyncio.sleep(RETIRE_POLL_S)
+        finally:
+            await upstream.close()
 
     # -- active health checks --------------------------------------------
 
