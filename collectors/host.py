@@ -11,12 +11,16 @@ cost more CPU than the reads (bench/collectors.py). A tick that looks
 processes up by name reads every process's cmdline, which waits on that
 process's memory map and can hang behind a stuck one, so that tick runs in
 a thread.
+
+On Linux the per-tick reads go to /proc directly (collectors.procfs); psutil
+answers where /proc cannot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +31,14 @@ import psutil
 
 from collectors import listen_queues
 from collectors.model import OK, CollectResult, Labels, Sample, error
+from collectors.procfs import (
+    DiskTotals,
+    ListenCounters,
+    ProcFile,
+    ProcfsProcess,
+    PsutilProcess,
+    read_cpu_times,
+)
 from collectors.rates import RateTracker
 
 # Re-resolve watched process names this often: a restarted server gets a new pid.
@@ -84,22 +96,13 @@ _MEMINFO_FIELDS = frozenset(("MemTotal", "MemAvailable", "SwapTotal", "SwapFree"
 
 def read_listen_counters(root: Path = Path("/proc")) -> dict[str, int]:
     """TcpExt ListenOverflows and ListenDrops from /proc/net/netstat."""
-    lines = (root / "net" / "netstat").read_text().splitlines()
-    for header, values in zip(lines[::2], lines[1::2], strict=False):
-        if header.startswith("TcpExt:") and values.startswith("TcpExt:"):
-            table = dict(zip(header.split()[1:], values.split()[1:], strict=False))
-            return {
-                name: int(table[name])
-                for name in ("ListenOverflows", "ListenDrops")
-                if name in table
-            }
-    return {}
+    return ListenCounters(root).read()
 
 
 @dataclass(slots=True)
 class _Watched:
     label: str
-    process: psutil.Process
+    process: ProcfsProcess | PsutilProcess
     cpu_seconds: float | None = None
     seen_at: float = 0.0
 
@@ -117,6 +120,10 @@ class HostCollector:
         self._wanted = list(processes)
         self._ports = None if listen_ports is None else set(listen_ports)
         self._proc = proc_root
+        self._procfs = sys.platform.startswith("linux") and os.access(proc_root / "stat", os.R_OK)
+        self._stat = ProcFile(f"{proc_root}/stat")
+        self._disks = DiskTotals(proc_root) if self._procfs else None
+        self._listen = ListenCounters(proc_root)
         self._rates = RateTracker()
         self._cpu_total: Any = None
         self._cpu_cores: list[Any] = []
@@ -154,10 +161,10 @@ class HostCollector:
             memory = psutil.virtual_memory().percent, psutil.swap_memory().percent
         add("host_memory_percent", memory[0])
         add("host_swap_percent", memory[1])
-        disks = psutil.disk_io_counters()
+        disks = self._disk_bytes()
         if disks is not None:
-            rate("host_disk_read_bytes_rate", disks.read_bytes)
-            rate("host_disk_write_bytes_rate", disks.write_bytes)
+            rate("host_disk_read_bytes_rate", disks[0])
+            rate("host_disk_write_bytes_rate", disks[1])
         net = psutil.net_io_counters()
         if net is not None:
             rate("host_net_recv_bytes_rate", net.bytes_recv)
@@ -165,7 +172,7 @@ class HostCollector:
             rate("host_net_drops_rate", net.dropin + net.dropout)
             rate("host_net_errors_rate", net.errin + net.errout)
         try:
-            counters = read_listen_counters(self._proc)
+            counters = self._listen.read()
         except OSError as problem:
             problems.append(f"cannot read /proc/net/netstat: {problem.strerror}")
             counters = {}
@@ -181,8 +188,17 @@ class HostCollector:
         return samples, problems
 
     def _cpu(self, add: Any) -> None:
-        total = psutil.cpu_times()
-        cores = psutil.cpu_times(percpu=True)
+        total: Any = None
+        cores: list[Any] = []
+        if self._procfs:
+            try:
+                total, cores = read_cpu_times(self._stat)
+            except OSError:
+                # /proc that cannot say the CPU times will not describe processes either.
+                self._procfs = False
+        if total is None:
+            total = psutil.cpu_times()
+            cores = psutil.cpu_times(percpu=True)
         if self._cpu_total is not None:
             overall = cpu_percent(self._cpu_total, total)
             if overall is not None:
@@ -193,6 +209,18 @@ class HostCollector:
                 if core is not None:
                     add("host_cpu_core_percent", core[0], (("core", str(index)),))
         self._cpu_total, self._cpu_cores = total, cores
+
+    def _disk_bytes(self) -> tuple[int, int] | None:
+        if self._disks is not None:
+            try:
+                return self._disks.read()
+            except OSError:
+                # psutil's sums start from another base, so rates across the
+                # switch would be nonsense: they start again next tick.
+                self._disks = None
+                self._rates = RateTracker()
+        counters = psutil.disk_io_counters()
+        return None if counters is None else (counters.read_bytes, counters.write_bytes)
 
     def _listen_queues(self, add: Any) -> None:
         queues: list[listen_queues.ListenQueue] = []
@@ -222,7 +250,10 @@ class HostCollector:
     def _resolve(self, now: float, problems: list[str]) -> None:
         names = {w for w in self._wanted if isinstance(w, str)}
         pids = {w for w in self._wanted if isinstance(w, int)}
-        stale = any(not w.process.is_running() for w in self._watched.values())
+        # Every process is asked, not just up to the first gone one: on /proc
+        # the answer carries the reading _processes takes next.
+        running = {pid: w.process.is_running() for pid, w in self._watched.items()}
+        stale = not all(running.values())
         if not stale and now - self._names_resolved_at < NAME_RESCAN_S:
             problems.extend(self._missing)
             return
@@ -248,11 +279,20 @@ class HostCollector:
             if pid not in found:
                 del self._watched[pid]
         for pid, label in found.items():
-            if pid not in self._watched:
+            # A pid found again whose first process is gone now belongs to
+            # another process: watch that one from a fresh start, or the old
+            # handle keeps every tick stale and rescanning.
+            if pid not in self._watched or not running.get(pid, True):
                 try:
-                    self._watched[pid] = _Watched(label, psutil.Process(pid))
+                    self._watched[pid] = _Watched(label, self._open(pid))
                 except psutil.Error:
+                    self._watched.pop(pid, None)
                     continue
+
+    def _open(self, pid: int) -> ProcfsProcess | PsutilProcess:
+        if self._procfs:
+            return ProcfsProcess(pid, self._proc)
+        return PsutilProcess(pid)
 
     def _processes(self, now: float, add: Any, problems: list[str]) -> None:
         if not self._wanted:
@@ -260,13 +300,8 @@ class HostCollector:
         self._resolve(now, problems)
         for pid, watched in list(self._watched.items()):
             labels: Labels = (("pid", str(pid)), ("process", watched.label))
-            p = watched.process
             try:
-                with p.oneshot():
-                    times = p.cpu_times()
-                    rss = p.memory_info().rss
-                    threads = p.num_threads()
-                    files = p.num_fds()
+                reading = watched.process.read()
             except psutil.NoSuchProcess:
                 del self._watched[pid]
                 problems.append(f"watched process {watched.label} ({pid}) exited")
@@ -274,11 +309,11 @@ class HostCollector:
             except psutil.AccessDenied:
                 problems.append(f"not allowed to read process {watched.label} ({pid})")
                 continue
-            cpu_seconds = times.user + times.system
+            cpu_seconds = reading.cpu_seconds
             if watched.cpu_seconds is not None and now > watched.seen_at:
                 busy = (cpu_seconds - watched.cpu_seconds) / (now - watched.seen_at)
                 add("process_cpu_percent", max(0.0, 100.0 * busy), labels)
             watched.cpu_seconds, watched.seen_at = cpu_seconds, now
-            add("process_rss_bytes", rss, labels)
-            add("process_threads", threads, labels)
-            add("process_open_files", files, labels)
+            add("process_rss_bytes", reading.rss_bytes, labels)
+            add("process_threads", reading.threads, labels)
+            add("process_open_files", reading.open_files, labels)
