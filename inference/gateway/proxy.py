@@ -21,8 +21,8 @@ from prometheus_client import Counter, Histogram
 
 from inference.asgi import Receive, Send, error_body, send_bytes
 from inference.gateway.metrics import GatewayMetrics
-from inference.gateway.upstream_client import ConnectFailed, Response, UpstreamError
 from inference.gateway.upstreams import Upstream, UpstreamPool
+from inference.http_client import ConnectFailed, OriginError, Response
 
 SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 # Error headers an upstream sets that a client needs to back off properly.
@@ -187,7 +187,7 @@ class Forwarder:
                 upstream,
                 error=f"cannot connect to upstream {upstream.name}: {exc}",
             )
-        except UpstreamError as exc:
+        except OriginError as exc:
             return await _answer_error(
                 send,
                 Forwarded(
@@ -280,7 +280,7 @@ async def _relay_stream(
     except TimeoutError as exc:
         result.outcome = "upstream_timeout"
         result.error = f"upstream {upstream.name} during the stream: {exc}"
-    except UpstreamError as exc:
+    except OriginError as exc:
         result.outcome = "upstream_unreachable"
         result.error = f"upstream {upstream.name} failed during the stream: {exc}"
     finally:

@@ -1,6 +1,6 @@
 """The engines behind the gateway: balancing, health checks, drain.
 
-Each upstream has its own keep-alive client (``upstream_client``). httpx's
+Each upstream has its own keep-alive client (``inference.http_client``). httpx's
 pool scans connections times waiters and collapsed past about 60 requests
 in flight here (encode/httpcore#1035); aiohttp's client moved about 8,500
 req/s alone but cost a third of the gateway's CPU per proxied request.
@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 from inference.gateway.circuit_breaker import BreakerState, CircuitBreaker
 from inference.gateway.config import UpstreamConfig, UpstreamSettings
-from inference.gateway.upstream_client import UpstreamClient, UpstreamError
+from inference.http_client import OriginClient, OriginError
 
 log = logging.getLogger("quell.gateway")
 
@@ -63,13 +63,13 @@ class Upstream:
             if secret:
                 headers["Authorization"] = f"Bearer {secret}"
         self.headers = headers
-        self.client: UpstreamClient | None = None
+        self.client: OriginClient | None = None
         self.health_task: asyncio.Task[None] | None = None
 
     def open(self) -> None:
         """Start the client: needs the running loop."""
         s = self.settings
-        self.client = UpstreamClient(
+        self.client = OriginClient(
             self.url, s.connect_timeout_s, s.read_timeout_s, KEEPALIVE_S, self.headers
         )
 
@@ -238,7 +238,7 @@ class UpstreamPool:
                 error = f"health check answered {response.status}"
         except TimeoutError:
             error = "health check timed out"
-        except UpstreamError as exc:
+        except OriginError as exc:
             error = f"health check failed: {exc.__class__.__name__}: {exc}"
         if error is None:
             if not upstream.healthy:

@@ -1,14 +1,16 @@
-"""Keep-alive HTTP/1.1 to one upstream, on ``asyncio.Protocol`` and httptools.
+"""Keep-alive HTTP/1.1 to one origin, on ``asyncio.Protocol`` and httptools.
 
-The gateway forwards every admitted request through here, so the client's
-cost per request is the gateway's throughput. aiohttp's client spent about a
-third of the gateway's CPU on a proxied request (docs/benchmarks.md):
-a response object with a stream reader, header multidicts, timer contexts
-per read. This one does what a reverse proxy needs and no more:
+The gateway forwards every admitted request through here and the collector
+daemon scrapes every target through it, so its cost per request is the
+gateway's throughput and a good share of the daemon's CPU. aiohttp's client
+spent about a third of the gateway's CPU on a proxied request, and about
+0.6 ms of the daemon's per scrape (docs/benchmarks.md): a response object
+with a stream reader, header multidicts, timer contexts per read. This one
+does what a reverse proxy and a scraper need and no more:
 
-- a pool of idle connections per upstream, newest first, dropped after
-  ``keepalive_s`` idle (below the upstream's own keep-alive, so a request is
-  never written into a socket the upstream is closing) or when the upstream
+- a pool of idle connections per origin, newest first, dropped after
+  ``keepalive_s`` idle (below the server's own keep-alive, so a request is
+  rarely written into a socket the server is closing) or when the server
   closes them;
 - the request written in one call, from a request head built once per path;
 - the answer's status and headers, then its body read whole or relayed in
@@ -16,12 +18,12 @@ per read. This one does what a reverse proxy needs and no more:
 - a connect timeout, and a read timeout that is the longest silence allowed
   between bytes, enforced by a sweep ten times a second rather than a timer
   per read;
-- a connection whose answer was not read to the end is closed, so an
-  upstream sees an abandoned stream as its client gone.
+- a connection whose answer was not read to the end is closed, so a server
+  sees an abandoned stream as its client gone.
 
 Errors: ``ConnectFailed`` when no connection could be made (nothing was
 sent, another upstream may be tried), ``TimeoutError`` for either timeout,
-``UpstreamBroken`` for anything after the request went out.
+``OriginBroken`` for anything after the request went out.
 """
 
 from __future__ import annotations
@@ -36,19 +38,20 @@ from urllib.parse import urlsplit
 import httptools
 
 SWEEP_S = 0.1
+MAX_HEADS = 1024
 # Past this much unread answer, stop reading until the relay catches up.
 READ_HIGH_WATER = 1 << 20
 
 
-class UpstreamError(Exception):
+class OriginError(Exception):
     """The upstream could not be reached or broke off; the message says how."""
 
 
-class ConnectFailed(UpstreamError):
+class ConnectFailed(OriginError):
     """No connection: the request was never sent."""
 
 
-class UpstreamBroken(UpstreamError):
+class OriginBroken(OriginError):
     """The connection failed or the answer was malformed after the request was sent."""
 
 
@@ -163,13 +166,14 @@ class Response:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, origin: UpstreamClient) -> None:
+    def __init__(self, origin: OriginClient) -> None:
         self.origin = origin
         self.loop = origin.loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.response: Response | None = None
         self.closed = False
+        self.framed = False  # the answer's end is known without the connection's
         self.paused = False
         self.deadline = 0.0  # loop time by which more bytes must come; 0: not waiting
         self.idle_since = 0.0
@@ -191,7 +195,7 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as error:
-            response._fail(UpstreamBroken(f"a malformed answer: {error}"))
+            response._fail(OriginBroken(f"a malformed answer: {error}"))
             self.close()
 
     def eof_received(self) -> bool | None:
@@ -202,19 +206,26 @@ class _Connection(asyncio.Protocol):
         self.origin.forget(self)
         response = self.response
         if response is not None and not response.complete:
-            # A body delimited by the end of the connection ends here.
-            with contextlib.suppress(httptools.HttpParserError):
-                self.parser.feed_data(b"")
-            if not response.complete:
-                reason = f": {exc}" if exc else ""
-                response._fail(UpstreamBroken(f"the upstream closed the connection{reason}"))
+            if response.status and not self.framed:
+                # No length and not chunked (an HTTP/1.0 server, say): the
+                # body is whatever came before the close.
+                response.complete = True
+                response._wake()
+                return
+            reason = f": {exc}" if exc else ""
+            response._fail(OriginBroken(f"the server closed the connection{reason}"))
 
     # -- httptools callbacks ---------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
         response = self.response
         if response is not None:
-            response.headers.append((name.lower(), value))
+            name = name.lower()
+            if name == b"content-length" or (
+                name == b"transfer-encoding" and b"chunked" in value.lower()
+            ):
+                self.framed = True
+            response.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         response = self.response
@@ -239,6 +250,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes) -> Response:
         response = self.response = Response(self)
+        self.framed = False
         self.deadline = self.loop.time() + self.origin.read_timeout_s
         assert self.transport is not None
         self.transport.write(data)
@@ -260,7 +272,7 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-class UpstreamClient:
+class OriginClient:
     """Requests to one origin (scheme, host, port, base path) over pooled connections."""
 
     def __init__(
@@ -297,15 +309,22 @@ class UpstreamClient:
         self._heads: dict[tuple[str, str], bytes] = {}
         self._sweeper = self.loop.create_task(self._sweep())
 
-    async def request(self, method: str, path: str, body: bytes | None = None) -> Response:
-        """Send a request and wait for the answer's status and headers."""
+    async def request(
+        self, method: str, path: str, body: bytes | None = None, headers: bytes = b""
+    ) -> Response:
+        """Send a request and wait for the answer's status and headers.
+
+        ``headers``: more header lines for this request alone, each ending in CRLF.
+        """
         head = self._heads.get((method, path))
         if head is None:
+            if len(self._heads) >= MAX_HEADS:
+                self._heads.clear()  # query strings that never repeat
             head = self._heads[(method, path)] = (
                 f"{method} {self.base_path}{path} HTTP/1.1\r\n".encode("latin-1")
                 + self._fixed_headers
             )
-        length = b"content-length: %d\r\n\r\n" % len(body or b"")
+        length = headers + b"content-length: %d\r\n\r\n" % len(body or b"")
         data = head + length + body if body else head + length
         conn = self._reuse() or await self._connect()
         self._busy.add(conn)

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
-from inference.gateway.upstream_client import (
+from inference.http_client import (
     ConnectFailed,
-    UpstreamBroken,
-    UpstreamClient,
+    OriginBroken,
+    OriginClient,
 )
 
 
@@ -26,9 +27,12 @@ class RawUpstream:
         self.connections = 0
         self.requests: list[bytes] = []
         self.closed_by_client = asyncio.Event()
+        self.writers: list[asyncio.StreamWriter] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.writers.append(writer)
+        served = 0
         try:
             while True:
                 try:
@@ -42,7 +46,10 @@ class RawUpstream:
                         length = int(line.split(b":")[1])
                 body = await reader.readexactly(length) if length else b""
                 self.requests.append(head + body)
-                path = head.split(b" ")[1]
+                path = head.split(b" ")[1].split(b"?")[0]
+                served += 1
+                if path == b"/flaky" and served > 1:
+                    return  # a kept connection dropped just as a request came in
                 if not await self.answer(path, body, reader, writer):
                     return
         finally:
@@ -52,7 +59,7 @@ class RawUpstream:
         self, path: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Write the answer for ``path``; False to end the connection."""
-        if path.endswith(b"/ok"):
+        if path.endswith((b"/ok", b"/flaky")):
             text = b'{"echo": %d}' % len(body)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text))
         elif path == b"/chunked":
@@ -84,6 +91,17 @@ class RawUpstream:
             writer.write(b"Content-Length: 2\r\n\r\n{}")
             await writer.drain()
             return False
+        elif path == b"/moved":
+            writer.write(b"HTTP/1.1 302 Found\r\nLocation: /ok\r\nContent-Length: 0\r\n\r\n")
+        elif path == b"/gz":
+            packed = gzip.compress(b"quell_up 1\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n")
+            writer.write(b"Content-Type: text/plain; charset=utf-8\r\n")
+            writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(packed), packed))
+        elif path == b"/http10":
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end")
+            await writer.drain()
+            return False
         elif path == b"/garbage":
             writer.write(b"NOT HTTP AT ALL\r\n\r\n")
             await writer.drain()
@@ -104,8 +122,8 @@ async def upstream() -> AsyncIterator[tuple[RawUpstream, str]]:
 
 
 @contextlib.asynccontextmanager
-async def client(url: str, read_timeout_s: float = 2.0) -> AsyncIterator[UpstreamClient]:
-    c = UpstreamClient(url, 1.0, read_timeout_s, keepalive_s=0.3, headers={"X-Key": "k"})
+async def client(url: str, read_timeout_s: float = 2.0) -> AsyncIterator[OriginClient]:
+    c = OriginClient(url, 1.0, read_timeout_s, keepalive_s=0.3, headers={"X-Key": "k"})
     try:
         yield c
     finally:
@@ -166,13 +184,13 @@ async def test_connection_close_is_honoured_and_headers_are_readable() -> None:
 async def test_an_answer_cut_short_is_broken_not_truncated() -> None:
     async with upstream() as (_, url), client(url) as c:
         response = await c.request("GET", "/cut")
-        with pytest.raises(UpstreamBroken, match="closed the connection"):
+        with pytest.raises(OriginBroken, match="closed the connection"):
             await response.read()
 
 
 async def test_garbage_is_broken() -> None:
     async with upstream() as (_, url), client(url) as c:
-        with pytest.raises(UpstreamBroken):
+        with pytest.raises(OriginBroken):
             await c.request("GET", "/garbage")
 
 
@@ -207,7 +225,7 @@ async def test_idle_connections_expire_and_a_closed_one_is_not_reused() -> None:
 
 def test_only_http_urls() -> None:
     async def make() -> None:
-        UpstreamClient("ftp://example.com", 1, 1, 1)
+        OriginClient("ftp://example.com", 1, 1, 1)
 
     with pytest.raises(ValueError, match="not an http"):
         asyncio.run(make())
@@ -224,7 +242,7 @@ async def test_a_removed_upstream_closes_its_connections_after_its_last_request(
         try:
             e0 = pool.by_name["e0"]
 
-            def open_client() -> UpstreamClient | None:
+            def open_client() -> OriginClient | None:
                 return e0.client
 
             c = open_client()
@@ -244,3 +262,26 @@ async def test_a_removed_upstream_closes_its_connections_after_its_last_request(
             await asyncio.wait_for(raw.closed_by_client.wait(), 5)
         finally:
             await pool.stop()
+
+
+async def test_the_collectors_client_follows_redirects_inflates_and_reads_to_the_close() -> None:
+    from collectors.http import HttpClient
+
+    async with upstream() as (raw, url), HttpClient() as scraper:
+        answer = await scraper.get(url + "/moved", params={"a": "b c"})
+        assert answer.status_code == 200 and answer.text == '{"echo": 0}'
+        assert raw.requests[0].startswith(b"GET /moved?a=b+c HTTP/1.1")
+        answer = await scraper.get(url + "/gz")
+        assert answer.text == "quell_up 1\n"
+        answer = await scraper.get(url + "/http10")
+        assert answer.text == "to the end"
+
+
+async def test_the_collectors_client_retries_once_on_a_kept_connection_the_server_dropped() -> None:
+    from collectors.http import HttpClient
+
+    async with upstream() as (raw, url), HttpClient() as scraper:
+        assert (await scraper.get(url + "/flaky")).status_code == 200
+        # The kept connection is dropped as the next GET arrives: sent again on a fresh one.
+        assert (await scraper.get(url + "/flaky")).status_code == 200
+        assert raw.connections == 2
