@@ -212,15 +212,23 @@ async def test_nobody_listening_is_connect_failed() -> None:
             await c.request("GET", "/ok")
 
 
-async def test_idle_connections_expire_and_a_closed_one_is_not_reused() -> None:
+async def test_an_idle_connection_past_the_keep_alive_is_closed_not_reused() -> None:
     async with upstream() as (raw, url), client(url) as c:
         response = await c.request("GET", "/ok")
         await response.read()
-        await asyncio.sleep(0.6)  # past keepalive_s = 0.3, swept every 0.1 s
-        await asyncio.wait_for(raw.closed_by_client.wait(), 5)
+        await asyncio.sleep(0.6)  # past keepalive_s = 0.3
         response = await c.request("GET", "/ok")
         assert await response.read() == b'{"echo": 0}'
         assert raw.connections == 2
+        await asyncio.wait_for(raw.closed_by_client.wait(), 5)
+
+
+async def test_an_idle_origin_costs_no_wakeups() -> None:
+    async with upstream() as (_, url), client(url) as c:
+        response = await c.request("GET", "/ok")
+        await response.read()
+        await asyncio.sleep(0.3)
+        assert c._sweeper is None, "the sweeper still runs with nothing out"
 
 
 def test_only_http_urls() -> None:
