@@ -272,24 +272,7 @@ async def test_a_removed_upstream_closes_its_connections_after_its_last_request(
             await pool.stop()
 
 
-async def test_the_collectors_client_follows_redirects_inflates_and_reads_to_the_close() -> None:
-    from collectors.http import HttpClient
-
-    async with upstream() as (raw, url), HttpClient() as scraper:
-        answer = await scraper.get(url + "/moved", params={"a": "b c"})
-        assert answer.status_code == 200 and answer.text == '{"echo": 0}'
-        assert raw.requests[0].startswith(b"GET /moved?a=b+c HTTP/1.1")
-        answer = await scraper.get(url + "/gz")
-        assert answer.text == "quell_up 1\n"
-        answer = await scraper.get(url + "/http10")
-        assert answer.text == "to the end"
-
-
-async def test_the_collectors_client_retries_once_on_a_kept_connection_the_server_dropped() -> None:
-    from collectors.http import HttpClient
-
-    async with upstream() as (raw, url), HttpClient() as scraper:
-        assert (await scraper.get(url + "/flaky")).status_code == 200
-        # The kept connection is dropped as the next GET arrives: sent again on a fresh one.
-        assert (await scraper.get(url + "/flaky")).status_code == 200
-        assert raw.connections == 2
+async def test_a_body_without_length_ends_at_the_close() -> None:
+    async with upstream() as (_, url), client(url) as c:
+        response = await c.request("GET", "/http10")
+        assert response.status == 200 and await response.read() == b"to the end"
