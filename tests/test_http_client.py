@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import socket
 from collections.abc import AsyncIterator
 
@@ -91,13 +90,6 @@ class RawUpstream:
             writer.write(b"Content-Length: 2\r\n\r\n{}")
             await writer.drain()
             return False
-        elif path == b"/moved":
-            writer.write(b"HTTP/1.1 302 Found\r\nLocation: /ok\r\nContent-Length: 0\r\n\r\n")
-        elif path == b"/gz":
-            packed = gzip.compress(b"quell_up 1\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n")
-            writer.write(b"Content-Type: text/plain; charset=utf-8\r\n")
-            writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(packed), packed))
         elif path == b"/http10":
             writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end")
             await writer.drain()
