@@ -204,11 +204,24 @@ def writer_pid(path: Path | str) -> int | None:
     return None
 
 
+def _enter_wal(connection: sqlite3.Connection) -> str:
+    # Turning a new file to WAL answers "database is locked" at once, without waiting for the
+    # busy timeout, when another process is doing the same to it: retry for as long.
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return str(connection.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as problem:
+            if "locked" not in str(problem) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
+
+
 def prepare(path: Path) -> None:
     """Create or migrate the file with plain sqlite3, before the async connection opens."""
     connection = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     try:
-        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _enter_wal(connection)
         if str(mode).lower() != "wal":
             raise StoreError(f"{path}: the filesystem does not support WAL mode (got {mode})")
         store_schema.migrate(connection)

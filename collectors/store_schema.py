@@ -158,26 +158,37 @@ def version(connection: sqlite3.Connection) -> int:
 def migrate(connection: sqlite3.Connection, upto: int = LATEST) -> int:
     """Bring the file to version ``upto``; return the version it had before.
 
-    ``connection`` must be in autocommit mode (isolation_level None).
+    ``connection`` must be in autocommit mode (isolation_level None). Several processes may
+    open one new file at once (two playbook runs, a daemon and a console): each step reads
+    the version again under the write lock, so a step another process has just applied is
+    not applied twice.
     """
-    found = version(connection)
-    if found > LATEST:
-        raise SchemaError(
-            f"the store is schema v{found}, newer than this quell knows (v{LATEST}); "
-            "upgrade quell to read it"
-        )
-    if found == 0 and _has_tables(connection):
-        raise SchemaError("the file is an SQLite database but not a quell store")
-    for step in range(found + 1, upto + 1):
+    already = version(connection)
+    if 0 < already == upto:
+        return already  # versions only go up: no write lock needed to know this
+    found: int | None = None
+    while True:
         connection.execute("BEGIN IMMEDIATE")
         try:
-            MIGRATIONS[step](connection)
-            connection.execute(f"PRAGMA user_version = {step:d}")
+            current = version(connection)
+            if found is None:
+                found = current
+            if current > LATEST:
+                raise SchemaError(
+                    f"the store is schema v{current}, newer than this quell knows (v{LATEST}); "
+                    "upgrade quell to read it"
+                )
+            if current == 0 and _has_tables(connection):
+                raise SchemaError("the file is an SQLite database but not a quell store")
+            if current < upto:
+                MIGRATIONS[current + 1](connection)
+                connection.execute(f"PRAGMA user_version = {current + 1:d}")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
-    return found
+        if current >= upto:
+            return found
 
 
 def _has_tables(connection: sqlite3.Connection) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import multiprocessing
 import sqlite3
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from collectors import store_schema
 from collectors.daemon import PendingTicks
 from collectors.model import Event, Labels, Sample
-from collectors.store import Retention, Store, StoreError, writer_pid
+from collectors.store import Retention, Store, StoreError, prepare, writer_pid
 
 T0 = 1_700_000_040.0  # a whole minute
 A: Labels = (("target", "a"),)
@@ -136,6 +137,39 @@ async def test_retention_deletes_in_bounded_chunks(tmp_path: Path) -> None:
         assert await store.integrity_check() == "ok"
     finally:
         await store.close()
+
+
+def _prepare_together(paths: list[Path], barrier: object, errors: object) -> None:
+    for path in paths:
+        barrier.wait()  # type: ignore[attr-defined]
+        try:
+            prepare(path)
+        except StoreError as problem:
+            errors.put(str(problem))  # type: ignore[attr-defined]
+
+
+def test_processes_creating_one_new_file_at_once_all_get_the_store(tmp_path: Path) -> None:
+    # Two playbook runs on a fresh store once met "table meta already exists": each had read
+    # version 0 before the other's first step committed.
+    context = multiprocessing.get_context("spawn")
+    paths = [tmp_path / f"new{i}.db" for i in range(8)]
+    barrier, errors = context.Barrier(4), context.Queue()
+    workers = [
+        context.Process(target=_prepare_together, args=(paths, barrier, errors)) for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0] * 4
+    problems = []
+    while not errors.empty():
+        problems.append(errors.get())
+    assert problems == [], problems
+    for path in paths:
+        connection = sqlite3.connect(path)
+        assert store_schema.version(connection) == store_schema.LATEST
+        connection.close()
 
 
 async def test_a_v1_file_is_migrated_when_a_newer_quell_opens_it(tmp_path: Path) -> None:
