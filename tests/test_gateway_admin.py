@@ -77,6 +77,9 @@ def test_state_describes_the_whole_gateway(gw: RunningServer) -> None:
         ("shed", {"classes": ["vip"]}, "classes"),
         ("cache", {"ttl_s": 0}, "cache.ttl_s"),
         ("upstreams", {"name": "e9", "url": "gopher://x"}, "upstream.url"),
+        # Found by fuzzing: a non-ASCII host cannot go into a Host header as it is.
+        ("upstreams", {"name": "e9", "url": "https://j\u00eaz"}, "xn--"),
+        ("upstreams", {"name": "e9", "url": "http://h", "health_path": "/a b"}, "health_path"),
         ("upstreams", {"name": "engine-0", "url": "http://127.0.0.1:1"}, "exists"),
     ],
 )

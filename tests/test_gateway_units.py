@@ -253,6 +253,7 @@ def parse(text: str) -> None:
         ('[[keys]]\nname = "a"\nsha256 = "abc"', "keys[0].sha256"),
         (f'[[keys]]\nname = "a"\nsha256 = "{"0" * 64}"\npriority = "vip"', "keys[0].priority"),
         ('[[upstreams]]\nname = "e"\nurl = "ftp://x"', "upstreams[0].url"),
+        ('[[upstreams]]\nname = "e"\nurl = "http://h\\u0000"', "upstreams[0].url"),
         ("[upstream_defaults]\nbreaker_error_ratio = 2.0", "upstream_defaults.breaker_error_ratio"),
         ("[cache]\nenabled = 1", "cache.enabled"),
         ("[limits]\nrequests_per_second = -1", "limits.requests_per_second"),

@@ -178,8 +178,19 @@ def name(where: str, value: Any) -> str:
     return result
 
 
+def _request_line_safe(where: str, value: str) -> None:
+    # The URL's host and path go into a request line and a Host header as they are: a space,
+    # a control character or a non-ASCII one would make a broken request to every upstream.
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise ConfigError(
+            f"{where} must be printable ASCII without spaces (percent-encode the path, "
+            f"write an international host name in its xn-- form), got {value!r}"
+        )
+
+
 def upstream_url(where: str, value: Any) -> str:
     raw = text(where, value)
+    _request_line_safe(where, raw)
     try:
         parts = urlsplit(raw)
     except ValueError:
@@ -352,6 +363,7 @@ def upstream_settings(
     health_path = text(f"{where}.health_path", get("health_path"))
     if not health_path.startswith("/"):
         raise ConfigError(f"{where}.health_path must start with '/', got {health_path!r}")
+    _request_line_safe(f"{where}.health_path", health_path)
 
     def seconds(key: str, high: float) -> float:
         return number(f"{where}.{key}", get(key), MIN_SECONDS, high)
