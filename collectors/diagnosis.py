@@ -11,7 +11,8 @@ The imbalance signature is offered load (lambda) above service rate (mu),
 sustained, with the queue growing or already full. Its cause is read from
 what moved with it:
 
-- producer_surge: arrivals up against their baseline, service time flat;
+- producer_surge: arrivals up against their baseline, service time flat (or up
+  by a smaller factor than arrivals: fuller batches are slower);
 - consumer_slowdown: service time up with decode speed, arrivals flat;
 - stalled_consumers: completions near zero while workers are busy;
 - dependency_slow: service time up while decode speed is unchanged and the
@@ -431,16 +432,6 @@ def assess(window: Sequence[Observation], baseline: Baseline, t: Thresholds) -> 
             # retries are the surge, and shedding the first attempts will not
             # stop them.
             scores["retry_amplification"] = 0.92
-        slower = service_ratio is not None and service_ratio >= t.slow_ratio
-        if slower and not stalled:
-            decode_flat = token_ratio is not None and token_ratio <= t.flat_ratio
-            idle = not saturated
-            if decode_flat and idle:
-                scores["dependency_slow"] = 0.8
-            else:
-                scores["consumer_slowdown"] = 0.7 if arrivals_ratio is None else (
-                    0.8 if arrivals_ratio <= t.surge_ratio else 0.55
-                )  # fmt: skip
         # A step up that the consumers can still complete is no surge: after
         # an idle spell the baseline knows only silence, and the queueing that
         # comes and goes at 80% of capacity opened "producer_surge" (and the
@@ -456,8 +447,32 @@ def assess(window: Sequence[Observation], baseline: Baseline, t: Thresholds) -> 
         )
         surged = arrivals_ratio is not None and arrivals_ratio >= t.surge_ratio and not absorbable
         flat_service = service_ratio is None or service_ratio <= t.flat_ratio
+        # Engines that batch make every request slower as more run at once, so a surge that
+        # fills every slot raises the service time too, the more so on a busy host. When
+        # arrivals grew by a larger factor than service time did, the arrivals are what
+        # outgrew the consumers: on a CPU-starved host a 3.3x surge with service time up
+        # 1.5-2x was named dependency_slow, and the surge's playbook never ran.
+        arrivals_lead = (
+            surged
+            and not flat_service
+            and service_ratio is not None
+            and arrivals_ratio is not None
+            and arrivals_ratio > service_ratio
+        )
+        slower = service_ratio is not None and service_ratio >= t.slow_ratio
+        if slower and not stalled:
+            decode_flat = token_ratio is not None and token_ratio <= t.flat_ratio
+            idle = not saturated
+            if decode_flat and idle:
+                scores["dependency_slow"] = 0.55 if arrivals_lead else 0.8
+            else:
+                scores["consumer_slowdown"] = 0.7 if arrivals_ratio is None else (
+                    0.8 if arrivals_ratio <= t.surge_ratio else 0.55
+                )  # fmt: skip
         if surged and flat_service and not stalled and not retrying:
             scores["producer_surge"] = min(0.9, 0.55 + 0.15 * (arrivals_ratio or 0.0))
+        elif arrivals_lead and not stalled and not retrying:
+            scores["producer_surge"] = 0.7
         elif (
             imbalanced
             and not scores

@@ -132,6 +132,10 @@ def delay(change: Change) -> float:
         (Lab(service_s=after(0.73, 2.2), token_s=after(0.021, 0.063)), "consumer_slowdown"),
         (Lab(stalled=lambda t: t >= ONSET), "stalled_consumers"),
         (Lab(service_s=after(0.73, 2.2)), "dependency_slow"),
+        # Arrivals up 3.3x, each request 1.9x slower as the batches fill: the surge leads.
+        (Lab(offered=after(26, 87), service_s=after(0.73, 1.4)), "producer_surge"),
+        # Arrivals up 1.4x, service time up 3x: the consumers lead.
+        (Lab(offered=after(26, 36), service_s=after(0.73, 2.2)), "dependency_slow"),
         (
             Lab(service_s=after(0.73, 2.2), token_s=after(0.021, 0.06), kv=after(0.05, 0.97),
                 cpu=after(25, 99)),
