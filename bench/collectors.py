@@ -237,7 +237,10 @@ async def component_costs(state: dict[str, Any], directory: Path) -> list[tuple[
         for _ in range(50):
             await fetch(client, engine_url)
         costs.append(
-            ("HTTP fetch of an engine's /metrics (aiohttp)", 20 * (time.process_time() - started))
+            (
+                "HTTP fetch of an engine's /metrics (kept-alive GET)",
+                20 * (time.process_time() - started),
+            )
         )
     costs.append(
         ("parse the gateway's /metrics", per_call_ms(lambda: parse_exposition(gateway_page), 50))
