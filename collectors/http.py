@@ -162,7 +162,7 @@ class HttpClient:
             try:
                 answered = await conn.get(request, self.read_timeout_s, max_bytes)
             except Stale:
-                continue  # a GET may be sent again; the next connection is a fresh one
+                continue  # a GET may be sent again: on the next idle connection, or a new one
             except TimeoutError:
                 raise FetchError(f"{shown} did not answer in time") from None
             except TooLarge:
