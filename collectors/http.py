@@ -23,7 +23,6 @@ import base64
 import json
 import os
 import re
-import socket
 import ssl
 import zlib
 from collections.abc import Mapping
@@ -214,8 +213,6 @@ class HttpClient:
                 )
         except TimeoutError:
             raise FetchError(f"cannot connect to {shown}: no answer in time") from None
-        except socket.gaierror as problem:
-            raise FetchError(f"cannot connect to {shown}: {_reason_text(problem)}") from None
         except ssl.SSLError as problem:
             raise FetchError(f"cannot connect to {shown}: TLS: {_reason(problem)}") from None
         except OSError as problem:
@@ -329,14 +326,11 @@ def _reason(problem: BaseException) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _reason_text(problem: BaseException) -> str:
-    """ "Name or service not known" as "name or service not known"."""
-    text = getattr(problem, "strerror", None) or str(problem)
-    return text[:1].lower() + text[1:]
-
-
 def _os_reason(problem: OSError) -> str:
-    """ "connection refused", not "[Errno 111] Connect call failed ('127.0.0.1', 1)"."""
+    """ "connection refused", not "[Errno 111] Connect call failed ('127.0.0.1', 1)".
+
+    Name lookup failures (negative errno) read "name or service not known".
+    """
     if isinstance(problem.errno, int) and problem.errno > 0:
         return os.strerror(problem.errno).lower()
     return _reason(problem)
