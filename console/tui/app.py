@@ -356,7 +356,7 @@ class QuellConsole(App[int]):
         with self.batch_update():
             self.query_one(VerdictStrip).set_verdicts(snapshot.queues, snapshot.now)
             self._log_events(found, reset)
-            self.current_view().refresh_view(self._update(snapshot))
+            self.current_view().show(self._update(snapshot))
             self._show_status()
             self._show_replay_bar()
 
@@ -443,7 +443,7 @@ class QuellConsole(App[int]):
         view = self.current_view()
         view.focus_main()
         if self.snapshot is not None:
-            view.refresh_view(self._update(self.snapshot))
+            view.show(self._update(self.snapshot))
         if self.wants() != charts_before or view_id == "diagnosis":
             self.refresh_data()
         self.refresh_bindings()

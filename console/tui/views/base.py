@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from textual import events
 from textual.containers import Vertical
 
 from console.tui.snapshot import AdviceView, Snapshot
@@ -33,6 +34,22 @@ class View(Vertical):
     DEFAULT_CSS = """
     View { height: 1fr; }
     """
+
+    _last_update: Update | None = None
+    _drawn_width = 0
+
+    def show(self, update: Update) -> None:
+        """Show ``update`` now, and again should the view's width change."""
+        self._last_update = update
+        self._drawn_width = self.size.width
+        self.refresh_view(update)
+
+    def on_resize(self, event: events.Resize) -> None:
+        # A view mounted on its key press is drawn before layout gives it a
+        # width; in a paused replay no later refresh comes to mend the
+        # guessed layout.
+        if self._last_update is not None and event.size.width != self._drawn_width:
+            self.show(self._last_update)
 
     def refresh_view(self, update: Update) -> None:
         """Show ``update``; cheap when nothing this view shows has changed."""
