@@ -16,7 +16,8 @@ what moved with it:
 - consumer_slowdown: service time up with decode speed, arrivals flat;
 - stalled_consumers: completions near zero while workers are busy;
 - dependency_slow: service time up while decode speed is unchanged and the
-  host idles: requests hold their slots waiting on something downstream;
+  host idles: requests hold their slots waiting on something downstream
+  (less sure without host readings);
 - resource_saturation: CPU, GPU or KV cache at its limit;
 - hot_replica: one replica's queue fills while the others have room;
 - undersized_queue: full-queue rejections in short bursts at low average load;
@@ -464,7 +465,13 @@ def assess(window: Sequence[Observation], baseline: Baseline, t: Thresholds) -> 
             decode_flat = token_ratio is not None and token_ratio <= t.flat_ratio
             idle = not saturated
             if decode_flat and idle:
-                scores["dependency_slow"] = 0.55 if arrivals_lead else 0.8
+                # With no CPU or GPU reading (host collection off, no GPU) "idle" is
+                # a guess: a starved engine front end looks the same. Named, but
+                # below the 80% at which a playbook runs on its own.
+                host_known = cpu is not None or gpu is not None
+                if not host_known:
+                    evidence["host_readings"] = "none"
+                scores["dependency_slow"] = 0.55 if arrivals_lead else 0.8 if host_known else 0.65
             else:
                 scores["consumer_slowdown"] = 0.7 if arrivals_ratio is None else (
                     0.8 if arrivals_ratio <= t.surge_ratio else 0.55

@@ -98,9 +98,9 @@ class Lab:
                 }
                 for name, replica_depth in (("engine-0", first), ("engine-1", second))
             }
-            obs = Observation(
-                1000.0 + t, signals, replicas, {"host_cpu_percent": at(self.cpu, t) or 0.0}
-            )
+            cpu = at(self.cpu, t)
+            host = {} if cpu is None else {"host_cpu_percent": cpu}
+            obs = Observation(1000.0 + t, signals, replicas, host)
             changes.extend(diagnoser.observe(obs))
         return diagnoser, changes
 
@@ -152,6 +152,15 @@ def test_each_cause_is_named_within_five_seconds(lab: Lab, cause: str) -> None:
     assert verdict.verdict.playbooks == PLAYBOOKS[cause]
     assert verdict.verdict.evidence["offered_rate"] is not None
     assert len(opened(changes)) == 1, "the verdict flapped"
+
+
+def test_dependency_slow_without_host_readings_is_named_below_the_auto_run_confidence() -> None:
+    known = first_verdict(Lab(service_s=after(0.73, 2.2)).run(ONSET + 30)[1]).verdict
+    unknown = first_verdict(Lab(service_s=after(0.73, 2.2), cpu=None).run(ONSET + 30)[1]).verdict
+    assert (known.cause, unknown.cause) == ("dependency_slow", "dependency_slow")
+    assert known.confidence == 0.8 and "host_readings" not in known.evidence
+    assert unknown.confidence == 0.65
+    assert unknown.evidence["host_readings"] == "none"
 
 
 def test_hot_replica_is_named_while_the_others_have_room() -> None:
