@@ -213,8 +213,22 @@ class HttpClient:
                 )
         except TimeoutError:
             raise FetchError(f"cannot connect to {shown}: no answer in time") from None
+        except ssl.SSLCertVerificationError as problem:
+            # Verification is never switched off; an internal CA is named the way
+            # OpenSSL's other clients take it.
+            raise FetchError(
+                f"cannot connect to {shown}: TLS certificate not trusted "
+                f"({problem.verify_message}); if an internal CA signed it, set "
+                "SSL_CERT_FILE to that CA's bundle"
+            ) from None
         except ssl.SSLError as problem:
-            raise FetchError(f"cannot connect to {shown}: TLS: {_reason(problem)}") from None
+            if problem.reason == "WRONG_VERSION_NUMBER":
+                reason = "the server does not speak TLS on this port (http:// instead?)"
+            elif problem.reason:
+                reason = problem.reason.replace("_", " ").lower()
+            else:
+                reason = _reason(problem)
+            raise FetchError(f"cannot connect to {shown}: TLS: {reason}") from None
         except OSError as problem:
             raise FetchError(f"cannot connect to {shown}: {_os_reason(problem)}") from None
         return conn

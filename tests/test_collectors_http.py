@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
 from collectors.http import FetchError, HttpClient
+from tests.conftest import require_program
 
 Step = bytes | float | None  # bytes to write, seconds to wait, None: close
 Script = Callable[[int], list[Step]]  # from how many requests came on the connection before
@@ -32,8 +36,9 @@ PAGE = b"# TYPE quell_depth gauge\nquell_depth 3\n"
 class Scripted:
     """A loopback HTTP server answering each path with its script."""
 
-    def __init__(self, scripts: dict[str, Script]) -> None:
+    def __init__(self, scripts: dict[str, Script], tls: ssl.SSLContext | None = None) -> None:
         self.scripts = scripts
+        self.tls = tls
         self.connections = 0
         self.heads: list[str] = []
         self.port = 0
@@ -41,10 +46,10 @@ class Scripted:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> Scripted:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -237,3 +242,91 @@ async def test_a_cancelled_scrape_leaves_no_half_read_connection_behind(
         await asyncio.sleep(0.4)
         assert (await client.get(f"{s.url}/fast")).text == PAGE.decode()
         assert s.connections == 2
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private CA and a server certificate it signed for 127.0.0.1 and localhost."""
+    openssl = require_program("openssl", "openssl")
+    where = tmp_path_factory.mktemp("tls")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    (where / "leaf.ext").write_text(
+        "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
+        "basicConstraints = critical, CA:FALSE\n"
+        "keyUsage = critical, digitalSignature\n"
+        "extendedKeyUsage = serverAuth\n"
+        "authorityKeyIdentifier = keyid\n"
+    )
+    for command in (
+        [openssl, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+         "-subj", "/CN=quell test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        [openssl, "req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"],
+        [openssl, "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "leaf.ext"],
+    ):  # fmt: skip
+        subprocess.run(command, cwd=where, check=True, capture_output=True, timeout=30)
+    return where
+
+
+def server_tls(certificates: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates / "leaf.pem", certificates / "leaf.key")
+    return context
+
+
+async def test_https_targets_signed_by_a_ca_named_in_ssl_cert_file_are_scraped(
+    certificates: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Exporters behind an internal CA: OpenSSL's own SSL_CERT_FILE names the
+    # bundle, as for curl; verification is never turned off.
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates / "ca.pem"))
+    page = {"/metrics": lambda _: [answer(PAGE, "Content-Type: text/plain")]}
+    async with Scripted(page, server_tls(certificates)) as s:
+        async with HttpClient(connect_timeout_s=2.0, read_timeout_s=2.0) as client:
+            for host in ("127.0.0.1", "localhost", "localhost"):
+                got = await client.get(f"https://{host}:{s.port}/metrics")
+                assert (got.status_code, got.text) == (200, PAGE.decode())
+        assert s.connections == 2, "one kept TLS connection per origin"
+        assert s.heads[0].startswith("GET /metrics HTTP/1.1\r\n")
+
+
+async def test_an_https_target_with_an_unknown_ca_is_refused_saying_what_to_do(
+    certificates: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates / "leaf.ext"))  # no certificate at all
+    page = {"/metrics": lambda _: [answer(PAGE)]}
+    async with (
+        Scripted(page, server_tls(certificates)) as s,
+        HttpClient(connect_timeout_s=2.0, read_timeout_s=2.0) as client,
+    ):
+        with pytest.raises(FetchError) as caught:
+            await client.get(f"{s.url}/metrics")
+    assert str(caught.value) == (
+        f"cannot connect to {s.url}/metrics: TLS certificate not trusted (unable to get local "
+        "issuer certificate); if an internal CA signed it, set SSL_CERT_FILE to that CA's bundle"
+    )
+    assert s.heads == [], "nothing was sent over an unverified connection"
+
+
+async def test_a_plain_http_server_on_an_https_url_is_a_one_line_tls_error(
+    client: HttpClient,
+) -> None:
+    async def plain_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # What nginx answers to a TLS hello on a plain port.
+        await reader.read(1)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(FetchError) as caught:
+            await client.get(f"https://127.0.0.1:{port}/metrics")
+    finally:
+        server.close()
+    assert str(caught.value) == (
+        f"cannot connect to https://127.0.0.1:{port}/metrics: "
+        "TLS: the server does not speak TLS on this port (http:// instead?)"
+    )
