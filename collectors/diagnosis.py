@@ -469,9 +469,13 @@ def assess(window: Sequence[Observation], baseline: Baseline, t: Thresholds) -> 
                 # a guess: a starved engine front end looks the same. Named, but
                 # below the 80% at which a playbook runs on its own.
                 host_known = cpu is not None or gpu is not None
-                if not host_known:
+                if arrivals_lead:
+                    scores["dependency_slow"] = 0.55
+                elif host_known:
+                    scores["dependency_slow"] = 0.8
+                else:
+                    scores["dependency_slow"] = 0.65
                     evidence["host_readings"] = "none"
-                scores["dependency_slow"] = 0.55 if arrivals_lead else 0.8 if host_known else 0.65
             else:
                 scores["consumer_slowdown"] = 0.7 if arrivals_ratio is None else (
                     0.8 if arrivals_ratio <= t.surge_ratio else 0.55

@@ -214,18 +214,20 @@ class HttpClient:
         except TimeoutError:
             raise FetchError(f"cannot connect to {shown}: no answer in time") from None
         except ssl.SSLCertVerificationError as problem:
-            # Verification is never switched off; an internal CA is named the way
-            # OpenSSL's other clients take it.
-            raise FetchError(
-                f"cannot connect to {shown}: TLS certificate not trusted "
-                f"({problem.verify_message}); if an internal CA signed it, set "
-                "SSL_CERT_FILE to that CA's bundle"
-            ) from None
+            said = (
+                f"cannot connect to {shown}: TLS certificate not trusted ({problem.verify_message})"
+            )
+            if problem.verify_code in _UNKNOWN_ISSUER:
+                # Verification is never switched off; an internal CA is named the
+                # way OpenSSL's other clients take it.
+                said += "; if an internal CA signed it, set SSL_CERT_FILE to that CA's bundle"
+            raise FetchError(said) from None
         except ssl.SSLError as problem:
-            if problem.reason == "WRONG_VERSION_NUMBER":
+            code = getattr(problem, "reason", None)
+            if code == "WRONG_VERSION_NUMBER":
                 reason = "the server does not speak TLS on this port (http:// instead?)"
-            elif problem.reason:
-                reason = problem.reason.replace("_", " ").lower()
+            elif isinstance(code, str) and code:
+                reason = code.replace("_", " ").lower()
             else:
                 reason = _reason(problem)
             raise FetchError(f"cannot connect to {shown}: TLS: {reason}") from None
@@ -328,6 +330,12 @@ def redact(url: str) -> str:
         userinfo = ":" + userinfo  # ...but redis://secret@host is a password
     user = userinfo.split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if user else host))
+
+
+# X509_V_ERR_* codes of a chain that ends at a CA this host does not know:
+# unable to get issuer certificate (2), self-signed leaf (18), self-signed CA
+# in the chain (19), unable to get local issuer certificate (20).
+_UNKNOWN_ISSUER = frozenset({2, 18, 19, 20})
 
 
 def _reason(problem: BaseException) -> str:

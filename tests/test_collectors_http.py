@@ -309,12 +309,32 @@ async def test_an_https_target_with_an_unknown_ca_is_refused_saying_what_to_do(
     assert s.heads == [], "nothing was sent over an unverified connection"
 
 
+async def test_a_certificate_for_another_name_is_refused_without_the_ca_hint(
+    certificates: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates / "ca.pem"))
+    tls = server_tls(certificates)
+    # Linux answers on all of 127.0.0.0/8; the certificate names 127.0.0.1 only.
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.2", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with HttpClient(connect_timeout_s=2.0, read_timeout_s=2.0) as client:
+            with pytest.raises(FetchError) as caught:
+                await client.get(f"https://127.0.0.2:{port}/metrics")
+    finally:
+        server.close()
+    said = str(caught.value)
+    assert said.startswith(f"cannot connect to https://127.0.0.2:{port}/metrics: TLS certificate "
+                           "not trusted (IP address mismatch"), said  # fmt: skip
+    assert "SSL_CERT_FILE" not in said
+
+
 async def test_a_plain_http_server_on_an_https_url_is_a_one_line_tls_error(
     client: HttpClient,
 ) -> None:
     async def plain_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # What nginx answers to a TLS hello on a plain port.
-        await reader.read(1)
+        await reader.read(65536)  # the whole hello, so the close is no reset
         writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
         writer.close()
