@@ -128,7 +128,8 @@ class HttpClient:
             extra = f"Authorization: Basic {token}\r\n"
         for _ in range(MAX_REDIRECTS + 1):
             assert parts.hostname is not None
-            origin = _Origin(parts.scheme == "https", parts.hostname, port or _default(parts))
+            tls = parts.scheme == "https"
+            origin = _Origin(tls, parts.hostname, port or _default_port(tls))
             request = _request(origin, parts, extra, shown)
             answered = await self._exchange(origin, request, max_bytes, shown)
             location = answered.header(b"location")
@@ -259,13 +260,13 @@ class HttpClient:
         await self.aclose()
 
 
-def _default(parts: Any) -> int:
-    return 443 if parts.scheme == "https" else 80
+def _default_port(tls: bool) -> int:
+    return 443 if tls else 80
 
 
 def _request(origin: _Origin, parts: Any, extra: str, shown: str) -> bytes:
     host = f"[{origin.host}]" if ":" in origin.host else origin.host
-    if origin.port != (443 if origin.tls else 80):
+    if origin.port != _default_port(origin.tls):
         host = f"{host}:{origin.port}"
     target = parts.path or "/"
     if parts.query:
