@@ -243,16 +243,34 @@ def test_consumer_slowdown_raises_service_time_with_flat_arrivals(
     assert run.sampler.peak("gateway", "quell_gateway_queue_depth", onset + 2, 22) > 32
 
 
-def test_stalled_consumers_complete_nothing_with_every_slot_busy(
+def test_stalled_consumers_complete_nothing_with_every_worker_busy(
     lab: tuple[Path, dict[str, Any]],
 ) -> None:
     run = run_scenario(lab, "stalled_consumers", 0.4, duration=17)  # stall 8 s - 18 s
     onset = run.scenario.onset_s
     assert engines_rate(run, "vllm:request_success_total", 1, onset) > 5
     assert engines_rate(run, "vllm:request_success_total", onset + 1, 16) == 0
-    running = sum(run.sampler.peak(e, "vllm:num_requests_running", onset + 1, 16)
-                  for e in run.engines)  # fmt: skip
-    assert running >= 16
+    # A hung engine admits nothing: the batch running at the onset holds its
+    # slots, however many that was, and the rest waits at the engine. How
+    # full the batch was is chance (about 9 per engine at 60% of capacity).
+    held = 0.0
+    for engine in run.engines:
+        running = {v for t, v in run.sampler.series(engine, "vllm:num_requests_running")
+                   if onset + 1 <= t <= 16}  # fmt: skip
+        assert len(running) == 1, (engine, running)
+        held += running.pop()
+    assert held > 0
+    # Every gateway worker ends up waiting on an engine that never answers.
+    workers = run.sampler.peak("gateway", "quell_gateway_workers", 0, 17)
+    assert run.sampler.peak("gateway", "quell_gateway_in_flight", onset + 1, 16) == workers
+    at_engines = max(
+        sum(Sampler.value(snapshot, e, name)
+            for e in run.engines
+            for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"))
+        for t, snapshot, _ in run.sampler.snapshots
+        if onset + 1 <= t <= 16
+    )  # fmt: skip
+    assert at_engines == workers
     assert rejected(run, onset, 17) > 0
 
 
